@@ -1,0 +1,196 @@
+//! The command line: clap definitions, one module per subcommand, and the
+//! [`Context`] every command resolves its project, config and registry from.
+//!
+//! clap types stay in this layer. Each command turns its arguments into a
+//! validated plan, hands it to `lifecycle` (or reads the registry), and
+//! prints the result through `output`.
+
+mod list;
+mod logs;
+mod spawn;
+mod status;
+mod stop;
+mod url;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Settings};
+use crate::error::{Code, Failure, EXIT_CODES_HELP};
+use crate::git::{self, Project};
+use crate::registry::{self, Registry};
+
+/// Give every coding agent or CI job its own git worktree, port and dev server.
+///
+/// `devserver spawn --agent A` makes a worktree for agent A, reserves a port
+/// no other agent can get, starts the project's dev server there and prints
+/// its URL once the server answers. The registry of instances is kept per
+/// user in `DEVSERVER_HOME` (default `~/.local/state/devserver`).
+#[derive(Debug, Parser)]
+#[command(name = "devserver", version, after_long_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Run as if devserver was started in DIR.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Read this config file instead of `devserver.yaml` at the repository root.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log more to stderr: -v info, -vv debug, -vvv trace (`DEVSERVER_LOG` overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only the data: no progress, no warnings.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Spawn(spawn::Args),
+    Url(url::Args),
+    List(list::Args),
+    Status(status::Args),
+    Logs(logs::Args),
+    Stop(stop::Args),
+    /// Supervise one server (started by `spawn`; not for direct use).
+    #[command(name = "__monitor", hide = true)]
+    Monitor,
+}
+
+/// The `--agent` option shared by the per-agent commands.
+#[derive(Debug, clap::Args)]
+pub struct AgentArg {
+    /// The agent's ID (letters, digits, `.`, `_`, `-`).
+    #[arg(long, short = 'a', env = "DEVSERVER_AGENT", value_parser = crate::agent::parse)]
+    pub agent: String,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let context = Context::new(&cli)?;
+    match cli.command {
+        Command::Spawn(args) => args.run(&context),
+        Command::Url(args) => args.run(&context),
+        Command::List(args) => args.run(&context),
+        Command::Status(args) => args.run(&context),
+        Command::Logs(args) => args.run(&context),
+        Command::Stop(args) => args.run(&context),
+        Command::Monitor => crate::supervisor::run(),
+    }
+}
+
+/// What every command resolves from the global options and the environment.
+#[derive(Debug)]
+pub struct Context {
+    dir: PathBuf,
+    config: Option<PathBuf>,
+}
+
+impl Context {
+    fn new(cli: &Cli) -> Result<Context> {
+        let cwd = std::env::current_dir()
+            .map_err(|err| anyhow::anyhow!("cannot read the current directory: {err}"))?;
+        let dir = match &cli.dir {
+            Some(dir) => cwd.join(dir),
+            None => cwd.clone(),
+        };
+        if !dir.is_dir() {
+            return Err(Failure::new(Code::Usage, format!("`-C {}`: no such directory", dir.display())).into());
+        }
+        Ok(Context {
+            dir,
+            config: cli.config.as_ref().map(|c| cwd.join(c)),
+        })
+    }
+
+    /// The git project the command runs in.
+    pub fn project(&self) -> Result<Project> {
+        git::discover(&self.dir).map_err(|err| {
+            Failure::new(Code::Error, err.to_string())
+                .with_hint("run devserver inside a git repository, or point `-C DIR` at one")
+                .into()
+        })
+    }
+
+    /// The project's settings; an error with a minimal example when there is no config.
+    pub fn settings(&self, project: &Project) -> Result<Settings> {
+        let Some(path) = config::locate(&project.root, self.config.as_deref()) else {
+            return Err(Failure::new(
+                Code::Error,
+                format!("no `{}` in `{}`", config::FILE_NAME, project.root.display()),
+            )
+            .with_hint(format!(
+                "create `{}` with at least:\n  {}\n(`config.example.yaml` lists every key)",
+                project.root.join(config::FILE_NAME).display(),
+                config::MINIMAL_EXAMPLE
+            ))
+            .into());
+        };
+        let mut settings = config::load(&path)?;
+        if let Some(timeout) = lock_timeout_override()? {
+            settings.lock_timeout = timeout;
+        }
+        Ok(settings)
+    }
+
+    /// The registry, for commands that need no config. The lock timeout comes
+    /// from `DEVSERVER_LOCK_TIMEOUT`, else the config if it loads, else 30 s.
+    pub fn registry_for(&self, project: Option<&Project>) -> Result<Registry> {
+        let timeout = match lock_timeout_override()? {
+            Some(timeout) => timeout,
+            None => project
+                .and_then(|p| config::locate(&p.root, self.config.as_deref()))
+                .and_then(|path| config::load(&path).ok())
+                .map_or(Duration::from_secs(30), |s| s.lock_timeout),
+        };
+        Registry::open(&registry::default_dir()?, timeout)
+    }
+
+    /// The registry with the project's own settings.
+    pub fn registry(&self, settings: &Settings) -> Result<Registry> {
+        Registry::open(&registry::default_dir()?, settings.lock_timeout)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn lock_timeout_override() -> Result<Option<Duration>> {
+    let Ok(text) = std::env::var("DEVSERVER_LOCK_TIMEOUT") else {
+        return Ok(None);
+    };
+    let parsed = text
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .or_else(|| humantime::parse_duration(&text).ok());
+    match parsed {
+        Some(timeout) => Ok(Some(timeout)),
+        None => Err(Failure::new(
+            Code::Usage,
+            format!("`DEVSERVER_LOCK_TIMEOUT={text}` is not a duration"),
+        )
+        .with_hint("use seconds (`30`) or a duration such as `500ms`")
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

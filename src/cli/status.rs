@@ -1,0 +1,68 @@
+//! `devserver status`: one agent's instance, checked live.
+
+use anyhow::Result;
+
+use super::{AgentArg, Context};
+use crate::error::{Code, Failure};
+use crate::lifecycle::View;
+use crate::output;
+
+/// Show the state, URL, port, pid, worktree and log of an agent's instance.
+///
+/// The state is checked live: a recorded server that died shows as `exited`,
+/// one that lives but does not answer as `unhealthy`. Exits with code 7 when
+/// the agent has no instance.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    agent: AgentArg,
+
+    /// Print the instance as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Args {
+    pub fn run(self, context: &Context) -> Result<()> {
+        let project = context.project()?;
+        let registry = context.registry_for(Some(&project))?;
+        let agent = &self.agent.agent;
+
+        let snapshot = registry.load()?;
+        let Some(entry) = snapshot.find(&project.id, agent) else {
+            return Err(Failure::new(Code::NoInstance, format!("agent `{agent}` has no instance in `{}`", project.root.display()))
+                .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
+                .into());
+        };
+        let view = View::of(entry);
+        if self.json {
+            return output::json(&view);
+        }
+        Ok(output::data(&describe(&view))?)
+    }
+}
+
+fn describe(view: &View) -> String {
+    let mut lines = vec![
+        format!("agent:     {}", view.agent),
+        format!("state:     {}", view.state),
+        format!("url:       {}", view.url),
+        format!("port:      {}", view.port),
+    ];
+    if let Some(pid) = view.pid {
+        lines.push(format!("pid:       {pid}"));
+    }
+    lines.push(format!("branch:    {}", view.branch));
+    lines.push(format!("worktree:  {}", view.worktree.display()));
+    if let Some(started) = &view.started_at {
+        lines.push(format!("started:   {started}"));
+    }
+    if let Some(status) = view.exit_status {
+        lines.push(format!("exit:      {}", crate::supervisor::describe_status(status)));
+    }
+    if let Some(note) = &view.note {
+        lines.push(format!("note:      {note}"));
+    }
+    lines.push(format!("log:       {}", view.log.display()));
+    lines.join("\n")
+}

@@ -1,0 +1,547 @@
+//! The per-user registry: which instances exist, where, on which port.
+//!
+//! One registry serves every repository of a user, because ports are a
+//! machine-wide resource. It lives in the state directory (`DEVSERVER_HOME`,
+//! else `$XDG_STATE_HOME/devserver`, else `~/.local/state/devserver`), which
+//! must be owned by the user and not writable by anyone else.
+//!
+//! # How it works
+//!
+//! - `registry.json` holds a [`Snapshot`]. JSON rather than YAML: the file is
+//!   written by machines only, and JSON parses fast and strictly, which
+//!   matters for `url` and `list`, called again and again by agents.
+//! - Every read-modify-write runs in [`Registry::update`] under the exclusive
+//!   lock `registry.lock` (see `lock`): lock, read, check the version, modify,
+//!   write, unlock. The lock is held for that alone, never across a checkout,
+//!   a server start or a health wait.
+//! - A write goes to a temporary file in the same directory, is fsynced, and
+//!   is renamed over `registry.json`; just before, the old file is hard-linked
+//!   to `registry.json.bak`, so the previous version is always kept. Readers
+//!   need no lock: they see the old file or the new one, never a mix.
+//! - A file that does not parse is never read as empty. Read-only commands
+//!   fail naming it and its backup; [`Registry::update`] moves it aside to
+//!   `registry.json.corrupt-<time>` and continues from the backup.
+//!
+//! Not here: deciding whether recorded processes are alive (`lifecycle`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use fs_err::os::unix::fs::OpenOptionsExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Code, Failure};
+use crate::lock::{self, FileLock};
+use crate::process::{ProcRef, TreeSpec};
+
+/// The registry format this build reads and writes.
+const VERSION: u32 = 1;
+
+/// The lifecycle state of an instance, as recorded and as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// A spawn is under way: the port is reserved, the server may be warming up.
+    Starting,
+    /// Healthy at the end of its spawn.
+    Running,
+    /// Its process tree lives but its port does not answer.
+    Unhealthy,
+    /// Its process tree ended without being asked to.
+    Exited,
+    /// Stopped on request.
+    Stopped,
+}
+
+impl State {
+    /// Whether an instance in this state holds its port and its tree.
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Unhealthy)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Unhealthy => "unhealthy",
+            State::Exited => "exited",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Isolated,
+}
+
+/// One instance: an agent of a project, with its worktree, port and processes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The project's identity: its canonical common git directory.
+    pub project: PathBuf,
+    /// The project's main checkout.
+    pub root: PathBuf,
+    pub agent: String,
+    pub mode: Mode,
+    pub state: State,
+    pub port: u16,
+    pub url: String,
+    pub worktree: PathBuf,
+    pub branch: String,
+    /// The name of the worktree's admin entry under `.git/worktrees/`.
+    pub admin_name: String,
+    /// Whether devserver created the worktree (and so may remove it).
+    pub created_worktree: bool,
+    /// Whether devserver created the branch (and so may delete it).
+    pub created_branch: bool,
+    /// Unique per start; set in the server's environment as
+    /// `DEVSERVER_INSTANCE=<token>` so every descendant can be found.
+    pub token: String,
+    /// The CLI process running the spawn, while the state is `starting`.
+    pub spawner: Option<ProcRef>,
+    /// The monitor supervising the server tree.
+    pub monitor: Option<ProcRef>,
+    /// The server's top process (`sh -c ...`), leader of its own session.
+    pub server: Option<ProcRef>,
+    /// RFC 3339 time the server was started.
+    pub started_at: Option<String>,
+    pub log: PathBuf,
+    /// The stop grace period chosen at spawn, in milliseconds.
+    #[serde(default)]
+    pub grace_ms: u64,
+    /// Exit code of the server's top process, 128+N for signal N.
+    pub exit_status: Option<i32>,
+    /// A note for the user about the last state change.
+    pub note: Option<String>,
+}
+
+impl Entry {
+    /// What identifies this instance's process tree.
+    pub fn tree(&self) -> TreeSpec {
+        TreeSpec {
+            root: self.monitor,
+            sid: self.server.map(|s| s.pid),
+            marker: Some(format!("DEVSERVER_INSTANCE={}", self.token)),
+            since: self
+                .monitor
+                .or(self.server)
+                .map_or(0, |p| p.start_time),
+        }
+    }
+
+    pub fn is(&self, project: &Path, agent: &str) -> bool {
+        self.project == project && self.agent == agent
+    }
+}
+
+/// The whole registry file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    pub instances: Vec<Entry>,
+}
+
+impl Snapshot {
+    pub fn find(&self, project: &Path, agent: &str) -> Option<&Entry> {
+        self.instances.iter().find(|e| e.is(project, agent))
+    }
+
+    pub fn find_mut(&mut self, project: &Path, agent: &str) -> Option<&mut Entry> {
+        self.instances.iter_mut().find(|e| e.is(project, agent))
+    }
+
+    pub fn remove(&mut self, project: &Path, agent: &str) -> Option<Entry> {
+        let at = self.instances.iter().position(|e| e.is(project, agent))?;
+        Some(self.instances.remove(at))
+    }
+
+    /// Inserts `entry`, replacing the one of the same project and agent.
+    pub fn upsert(&mut self, entry: Entry) {
+        match self.find_mut(&entry.project, &entry.agent) {
+            Some(slot) => *slot = entry,
+            None => self.instances.push(entry),
+        }
+    }
+}
+
+/// Handle on the state directory and the registry in it.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    dir: PathBuf,
+    lock_timeout: Duration,
+}
+
+impl Registry {
+    /// Opens (creating it 0700 if needed) the state directory `dir`.
+    ///
+    /// Refuses a directory owned by another user or writable by others: the
+    /// registry decides which processes devserver signals.
+    pub fn open(dir: &Path, lock_timeout: Duration) -> Result<Registry> {
+        ensure_private_dir(dir)?;
+        for sub in ["locks", "logs"] {
+            ensure_private_dir(&dir.join(sub))?;
+        }
+        Ok(Registry {
+            dir: dir.to_path_buf(),
+            lock_timeout,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn file(&self) -> PathBuf {
+        self.dir.join("registry.json")
+    }
+
+    fn backup(&self) -> PathBuf {
+        self.dir.join("registry.json.bak")
+    }
+
+    /// The log file of an instance.
+    pub fn log_path(&self, key: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{key}.log"))
+    }
+
+    /// Takes the per-instance lock that serializes spawns and stops of one
+    /// agent. Held for a whole spawn, so `timeout` should cover a warm-up.
+    pub fn lock_instance(&self, key: &str, timeout: Duration) -> Result<FileLock> {
+        let path = lock::path_in(&self.dir.join("locks"), key);
+        FileLock::acquire(&path, timeout, "the instance lock")
+    }
+
+    /// Reads the registry without locking. A missing file is an empty
+    /// registry; a file that does not parse is an error naming it.
+    pub fn load(&self) -> Result<Snapshot> {
+        let path = self.file();
+        match read_bytes(&path)? {
+            None => Ok(empty()),
+            Some(bytes) => decode(&bytes).map_err(|detail| self.corrupt_error(&path, &detail)),
+        }
+    }
+
+    /// Runs `change` on the registry under the exclusive lock and writes the
+    /// result if it changed. `change` must be quick: no process spawning, no
+    /// waiting. The lock is released when this returns.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Snapshot) -> Result<T>) -> Result<T> {
+        let _lock = FileLock::acquire(
+            &lock::path_in(&self.dir, "registry"),
+            self.lock_timeout,
+            "the registry lock",
+        )?;
+        let mut snapshot = self.load_for_update()?;
+        let before = snapshot.clone();
+
+        let out = change(&mut snapshot)?;
+
+        if snapshot != before {
+            self.write(&snapshot)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads under the lock, setting a corrupt file aside and falling back to
+    /// the previous version. Never turns a corrupt file into an empty one.
+    fn load_for_update(&self) -> Result<Snapshot> {
+        let path = self.file();
+        let Some(bytes) = read_bytes(&path)? else {
+            return Ok(empty());
+        };
+        let detail = match decode(&bytes) {
+            Ok(snapshot) => return Ok(snapshot),
+            Err(detail) => detail,
+        };
+
+        let backup = self.backup();
+        let restored = read_bytes(&backup)?
+            .ok_or_else(|| format!("`{}` does not exist", backup.display()))
+            .and_then(|b| decode(&b));
+        let restored = match restored {
+            Ok(snapshot) => snapshot,
+            Err(why) => {
+                return Err(self.corrupt_error(&path, &detail)).context(format!(
+                    "the previous version cannot be used either: {why}"
+                ))
+            }
+        };
+
+        let aside = self.dir.join(format!("registry.json.corrupt-{}", unix_secs()));
+        fs_err::rename(&path, &aside).context("cannot move the corrupt registry aside")?;
+        crate::output::warn(&format!(
+            "registry `{}` was corrupt ({detail}); moved it to `{}` and restored the previous version ({} instances)",
+            path.display(),
+            aside.display(),
+            restored.instances.len()
+        ));
+        Ok(restored)
+    }
+
+    fn corrupt_error(&self, path: &Path, detail: &str) -> anyhow::Error {
+        Failure::new(
+            Code::Error,
+            format!("registry `{}` is corrupt: {detail}", path.display()),
+        )
+        .with_hint(format!(
+            "the previous version is kept in `{}`; `devserver gc` moves the corrupt file aside and restores it",
+            self.backup().display()
+        ))
+        .into()
+    }
+
+    /// Atomically replaces the registry, keeping the old file as the backup.
+    fn write(&self, snapshot: &Snapshot) -> Result<()> {
+        let path = self.file();
+        let tmp = self.dir.join(format!("registry.json.tmp-{}", std::process::id()));
+        let mut bytes = serde_json::to_vec_pretty(snapshot).context("cannot encode the registry")?;
+        bytes.push(b'\n');
+
+        let written = write_synced(&tmp, &bytes).and_then(|()| {
+            self.keep_backup(&path)?;
+            fs_err::rename(&tmp, &path)?;
+            sync_dir(&self.dir)
+        });
+        if written.is_err() {
+            let _ = fs_err::remove_file(&tmp);
+        }
+        written.with_context(|| format!("cannot write the registry `{}`", path.display()))
+    }
+
+    /// Points `registry.json.bak` at the current file's data, without copying.
+    fn keep_backup(&self, path: &Path) -> std::io::Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let staged = self.dir.join(format!("registry.json.bak-{}", std::process::id()));
+        let _ = fs_err::remove_file(&staged);
+        fs_err::hard_link(path, &staged)?;
+        fs_err::rename(&staged, self.backup())
+    }
+}
+
+fn empty() -> Snapshot {
+    Snapshot {
+        version: VERSION,
+        instances: Vec::new(),
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs_err::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).context("cannot read the registry"),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".into());
+    }
+    let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+    if snapshot.version > VERSION {
+        return Err(format!(
+            "it has format version {}, newer than this devserver's {VERSION}",
+            snapshot.version
+        ));
+    }
+    Ok(snapshot)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs_err::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs_err::File::open(dir)?.sync_all()
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The state directory from the environment, as documented.
+pub fn default_dir() -> Result<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(home) = var("DEVSERVER_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    if let Some(state) = var("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(state).join("devserver"));
+    }
+    if let Some(home) = var("HOME") {
+        return Ok(PathBuf::from(home).join(".local/state/devserver"));
+    }
+    Err(Failure::new(Code::Error, "cannot find a state directory: `HOME` is not set")
+        .with_hint("set `DEVSERVER_HOME` to a private directory")
+        .into())
+}
+
+/// Creates `dir` 0700 if missing, and refuses one that others could write.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory `{}`", dir.display()))?;
+    }
+    let meta = fs_err::metadata(dir).context("cannot inspect the state directory")?;
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |why: String| -> Result<()> {
+        Err(Failure::new(Code::Error, format!("refusing to use the state directory `{}`: {why}", dir.display()))
+            .with_hint("point `DEVSERVER_HOME` at a directory of your own with mode 0700")
+            .into())
+    };
+    if meta.uid() != me {
+        return refuse(format!("it is owned by uid {}, not by you (uid {me})", meta.uid()));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return refuse(format!(
+            "it is writable by others (mode {:o})",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// A stable 64-bit FNV-1a hash, for file names and preferred ports. Stable
+/// across builds and Rust versions, unlike `std`'s default hasher.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xff)) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(agent: &str, port: u16) -> Entry {
+        Entry {
+            project: "/p/.git".into(),
+            root: "/p".into(),
+            agent: agent.into(),
+            mode: Mode::Isolated,
+            state: State::Running,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            worktree: format!("/p.worktrees/{agent}").into(),
+            branch: format!("devserver/{agent}"),
+            admin_name: agent.into(),
+            created_worktree: true,
+            created_branch: true,
+            token: "t".into(),
+            spawner: None,
+            monitor: None,
+            server: None,
+            started_at: None,
+            log: "/l".into(),
+            grace_ms: 100,
+            exit_status: None,
+            note: None,
+        }
+    }
+
+    fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(&dir.path().join("state"), Duration::from_secs(5)).expect("open");
+        (dir, reg)
+    }
+
+    #[test]
+    fn update_round_trips_and_keeps_previous_version() {
+        let (_dir, reg) = registry();
+        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("first");
+        reg.update(|s| Ok(s.upsert(entry("b", 5202)))).expect("second");
+
+        assert_eq!(reg.load().expect("load").instances.len(), 2);
+        let previous = decode(&fs_err::read(reg.backup()).expect("backup")).expect("parses");
+        assert_eq!(previous.instances.len(), 1);
+    }
+
+    #[test]
+    fn state_dir_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, reg) = registry();
+        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("write");
+        let mode = |p: &Path| fs_err::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(reg.dir()), 0o700);
+        assert_eq!(mode(&reg.file()), 0o600);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_for_readers_and_restored_by_writers() {
+        let (_dir, reg) = registry();
+        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("a");
+        reg.update(|s| Ok(s.upsert(entry("b", 5202)))).expect("b");
+        fs_err::write(reg.file(), b"{\"version\": 1, \"instan").expect("truncate");
+
+        let msg = format!("{:#}", reg.load().unwrap_err());
+        assert!(msg.contains("registry.json"), "{msg}");
+        assert_eq!(
+            fs_err::read(reg.file()).expect("left alone"),
+            b"{\"version\": 1, \"instan"
+        );
+
+        reg.update(|s| Ok(s.upsert(entry("c", 5203)))).expect("write restores");
+        let agents: Vec<_> = reg.load().expect("load").instances.into_iter().map(|e| e.agent).collect();
+        assert_eq!(agents, ["a", "c"]);
+        let aside = fs_err::read_dir(reg.dir())
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("registry.json.corrupt-"));
+        assert!(aside, "corrupt file kept aside");
+    }
+
+    #[test]
+    fn empty_file_is_corrupt_not_empty() {
+        let (_dir, reg) = registry();
+        fs_err::write(reg.file(), b"").expect("empty");
+        assert!(format!("{:#}", reg.load().unwrap_err()).contains("empty"));
+    }
+
+    #[test]
+    fn world_writable_state_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs_err::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let msg = format!("{:#}", Registry::open(dir.path(), Duration::from_secs(1)).unwrap_err());
+        assert!(msg.contains("writable by others"), "{msg}");
+    }
+
+    #[test]
+    fn unchanged_update_does_not_write() {
+        let (_dir, reg) = registry();
+        reg.update(|_| Ok(())).expect("noop");
+        assert!(!reg.file().exists());
+    }
+
+    #[test]
+    fn stable_hash_is_stable() {
+        assert_eq!(stable_hash(&[b"a", b"b"]), stable_hash(&[b"a", b"b"]));
+        assert_ne!(stable_hash(&[b"ab"]), stable_hash(&[b"a", b"b"]));
+    }
+}
