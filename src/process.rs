@@ -19,16 +19,18 @@
 //! # How it works
 //!
 //! Everything is read fresh from `/proc` on every call. `/proc/PID/stat` gives the parent,
-//! process group, session, state and start time (clock ticks since boot, which never
-//! changes for a process and never repeats for a pid in practice). A process whose state is
+//! process group, session, state and start time. The start time, in clock ticks since boot
+//! (usually 10 ms each), never changes for a process; two processes share a pid and a start
+//! time only if the whole pid space wraps around within one tick. A process whose state is
 //! zombie or dead has already exited and counts as gone everywhere in this module.
 //!
 //! Signals go through a pidfd: open a pidfd for the pid, then check that the process behind
-//! the pid still has the recorded start time. Our process already owned the pid before the
-//! pidfd was opened, and a pid is only reused once its process has been reaped, so a match
-//! proves the pidfd refers to our process; `pidfd_send_signal` then cannot hit anything else
-//! even if the pid is recycled a moment later. Kernels without pidfds (before 5.3) fall back
-//! to a fresh check followed by `kill`, which leaves a window of two syscalls.
+//! the pid still has the recorded start time. Our process had the pid when the fingerprint
+//! was taken, before the pidfd was opened, and a pid is only reused once its process has
+//! been reaped; so a match proves the pidfd refers to our process, and `pidfd_send_signal`
+//! cannot hit anything else even if the pid is recycled a moment later. Kernels without
+//! pidfds (before 5.3) fall back to a fresh check followed by `kill`, which leaves a window
+//! of two syscalls.
 //!
 //! A tree is the union of three sets, filtered to processes that started at or after
 //! [`TreeSpec::since`]:
@@ -630,6 +632,19 @@ fn signal_members(members: &[Stat], sig: i32, sent: &mut HashSet<ProcRef>) {
             sent.insert(member_ref);
         }
     }
+
+    // A stopped process (Ctrl+Z, SIGSTOP) only acts on SIGTERM once it runs again, so
+    // without this it would always sit out the whole grace period.
+    if sig == libc::SIGTERM {
+        for stopped in members.iter().filter(|member| member.state == 'T') {
+            if stopped.proc_ref().signal(libc::SIGCONT) {
+                debug!(
+                    pid = stopped.pid,
+                    "resumed stopped tree member to let it exit"
+                );
+            }
+        }
+    }
 }
 
 /// Signals the process group of every member that leads its group and has not been
@@ -1201,7 +1216,28 @@ mod tests {
         assert!(outcome.is_stopped(), "{outcome:?}");
         assert_eq!(outcome.signalled, 3, "{outcome:?}");
         assert_eq!(outcome.killed, 0, "{outcome:?}");
-        assert!(elapsed < Duration::from_millis(300), "{elapsed:?}");
+        // Far below the 10 s grace, with room for a loaded 2-core machine.
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    }
+
+    /// A stopped member is resumed so it can act on SIGTERM instead of waiting for SIGKILL.
+    #[test]
+    fn stop_tree_resumes_stopped_member() {
+        // The shell handles SIGTERM itself, and a stopped process cannot run a handler.
+        let tree = TestTree::spawn("trap 'exit 0' TERM; sleep 30 & wait");
+        let members = tree.wait_for_members(2);
+        for member in &members {
+            assert!(member.proc_ref().signal(libc::SIGSTOP));
+        }
+        assert!(wait_until(|| tree.members().iter().all(|m| m.state == 'T')));
+
+        let started = Instant::now();
+        let outcome = stop_tree(&tree.spec, Duration::from_secs(10));
+        let elapsed = started.elapsed();
+
+        assert!(outcome.is_stopped(), "{outcome:?}");
+        assert_eq!(outcome.killed, 0, "{outcome:?}");
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     }
 
     /// C09: group members are reached through the group signal of their leader.

@@ -1,0 +1,5 @@
+mod cli;
+mod failures;
+mod isolated;
+mod trees;
+mod vite;
