@@ -6,7 +6,8 @@
 //! at most 64 characters. No `/`, no `..`, no spaces.
 
 /// The rule, as stated in error messages.
-pub const RULE: &str = "an agent ID is 1-64 characters from `A-Z a-z 0-9 . _ -`, starting with a letter or digit";
+pub const RULE: &str =
+    "an agent ID is 1-64 characters from `A-Z a-z 0-9 . _ -`, starting with a letter or digit";
 
 /// Checks `id` against [`RULE`]; used as clap's value parser.
 pub fn parse(id: &str) -> Result<String, String> {

@@ -203,7 +203,9 @@ fn resolve(file: FileConfig, path: &Path) -> Result<Settings> {
             Code::Error,
             format!("config `{}` has no `command`", path.display()),
         )
-        .with_hint(format!("add the command that starts the dev server, e.g. `{MINIMAL_EXAMPLE}`"))
+        .with_hint(format!(
+            "add the command that starts the dev server, e.g. `{MINIMAL_EXAMPLE}`"
+        ))
         .into());
     };
 
@@ -229,8 +231,14 @@ fn resolve(file: FileConfig, path: &Path) -> Result<Settings> {
         ports,
         health,
         worktree: WorktreeSettings {
-            dir: file.worktree.dir.unwrap_or_else(|| "../{name}.worktrees".into()),
-            branch: file.worktree.branch.unwrap_or_else(|| "devserver/{agent}".into()),
+            dir: file
+                .worktree
+                .dir
+                .unwrap_or_else(|| "../{name}.worktrees".into()),
+            branch: file
+                .worktree
+                .branch
+                .unwrap_or_else(|| "devserver/{agent}".into()),
             base: file.worktree.base.unwrap_or_else(|| "HEAD".into()),
         },
         setup: Setup {
@@ -246,9 +254,13 @@ fn resolve(file: FileConfig, path: &Path) -> Result<Settings> {
 
 fn resolve_health(file: FileHealth) -> Result<Health, String> {
     let probe = match (file.http, file.tcp) {
-        (Some(_), Some(true)) => return Err("`health.http` and `health.tcp` exclude each other".into()),
+        (Some(_), Some(true)) => {
+            return Err("`health.http` and `health.tcp` exclude each other".into())
+        }
         (Some(path), _) if !path.starts_with('/') => {
-            return Err(format!("`health.http` must be a path starting with `/`, got `{path}`"))
+            return Err(format!(
+                "`health.http` must be a path starting with `/`, got `{path}`"
+            ))
         }
         (Some(path), _) => Probe::Http(path),
         (None, Some(true)) => Probe::Tcp,
@@ -290,7 +302,10 @@ pub fn parse_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 
 /// Parses a byte size such as `10M`, `512k` or `1048576`.
 fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim().trim_end_matches(['b', 'B']).trim_end_matches(['i']);
+    let trimmed = text
+        .trim()
+        .trim_end_matches(['b', 'B'])
+        .trim_end_matches(['i']);
     let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((at, _)) => trimmed.split_at(at),
         None => (trimmed, ""),
@@ -365,7 +380,10 @@ mod tests {
     }
 
     fn parse_err(text: &str) -> String {
-        format!("{:#}", parse(text, Path::new("devserver.yaml")).unwrap_err())
+        format!(
+            "{:#}",
+            parse(text, Path::new("devserver.yaml")).unwrap_err()
+        )
     }
 
     #[test]
@@ -430,7 +448,10 @@ mod tests {
 
     #[test]
     fn tcp_health_and_conflicts() {
-        assert_eq!(parse_ok("command: x\nhealth: {tcp: true}\n").health.probe, Probe::Tcp);
+        assert_eq!(
+            parse_ok("command: x\nhealth: {tcp: true}\n").health.probe,
+            Probe::Tcp
+        );
         assert!(parse_err("command: x\nhealth: {tcp: true, http: /}\n").contains("exclude"));
         assert!(parse_err("command: x\nhealth: {http: health}\n").contains("`/`"));
     }
@@ -445,6 +466,15 @@ mod tests {
     fn expand_leaves_unknown_braces() {
         let out = expand("serve --port {port} | awk '{print}'", &[("port", "5201")]);
         assert_eq!(out, "serve --port 5201 | awk '{print}'");
+    }
+
+    /// The documented example must be a valid config that states the defaults.
+    #[test]
+    fn config_example_parses_and_matches_the_defaults() {
+        let text = include_str!("../config.example.yaml");
+        let example = parse_ok(text);
+        let defaults = parse_ok(&format!("command: {}\n", example.command));
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
     #[test]

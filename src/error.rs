@@ -20,6 +20,8 @@ pub enum Code {
     /// The server did not become healthy (exited, timed out, wrong port).
     Unhealthy = 4,
     /// Refused because the instance is in use by someone else.
+    // TODO(#3): returned by `stop --shared` while other users hold leases.
+    #[allow(dead_code)]
     InUse = 5,
     /// No free port was left in the configured range.
     NoPort = 6,
@@ -76,11 +78,6 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
-
-/// Shorthand for `Err(Failure::new(code, message).into())`.
-pub fn fail<T>(code: Code, message: impl Into<String>) -> anyhow::Result<T> {
-    Err(Failure::new(code, message).into())
-}
 
 /// The exit code and hint of an error chain: the first [`Failure`] found, else 1.
 pub fn classify(err: &anyhow::Error) -> (Code, Option<String>) {

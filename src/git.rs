@@ -30,7 +30,7 @@
 //! # Why some admin files are read directly
 //!
 //! The worktree admin files (`gitdir`, `HEAD`, `locked`, and a rebase's `head-name`) are read
-//! here as plain files: libgit2 cannot open an entry whose directory has gone, `git2`'s lock
+//! here as plain files: libgit2 cannot open a worktree whose directory has gone, `git2`'s lock
 //! status panics on a non-UTF-8 reason, and a missing directory must still count as "checked out"
 //! the way git counts it.
 
@@ -97,7 +97,7 @@ pub enum GitError {
 
     #[error(
         "worktree `{name}` is locked{}, and not by devserver",
-        lock_reason_suffix(reason)
+        lock_reason_suffix(reason.as_deref())
     )]
     WorktreeLocked {
         name: String,
@@ -114,7 +114,7 @@ pub enum GitError {
     Io(#[from] io::Error),
 }
 
-fn lock_reason_suffix(reason: &Option<String>) -> String {
+fn lock_reason_suffix(reason: Option<&str>) -> String {
     match reason {
         Some(reason) => format!(" (reason: `{reason}`)"),
         None => String::new(),
@@ -194,12 +194,14 @@ pub struct Safety {
 
 impl Safety {
     /// True when removing the worktree (and its branch) would lose nothing.
+    #[must_use]
     pub fn is_clean(&self) -> bool {
         !self.uncommitted && !self.untracked && self.unique_commits == 0
     }
 
     /// A short human description, such as
     /// `2 uncommitted changes, untracked files, 3 commits on no other branch`, or `clean`.
+    #[must_use]
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if self.uncommitted {
@@ -238,7 +240,9 @@ fn count(n: usize, noun: &str) -> String {
 /// Finds the repository containing `dir` (searching upwards), whether `dir` is in the main
 /// checkout, in a linked worktree, or in a bare repository.
 ///
-/// Errors: [`GitError::NotARepository`] when no repository contains `dir`.
+/// # Errors
+///
+/// [`GitError::NotARepository`] when no repository contains `dir`.
 pub fn discover(dir: &Path) -> Result<Project, GitError> {
     let found = Repository::discover(dir).map_err(|err| match err.code() {
         ErrorCode::NotFound => GitError::NotARepository {
@@ -296,7 +300,9 @@ fn open(project: &Project) -> Result<Repository, GitError> {
 /// Revisions are resolved in the main repository, so `HEAD` is the main checkout's `HEAD` (the
 /// bare repository's `HEAD` when bare) even when the project was discovered from a worktree.
 ///
-/// Errors: [`GitError::UnknownRef`] when `rev` names no commit.
+/// # Errors
+///
+/// [`GitError::UnknownRef`] when `rev` names no commit.
 pub fn resolve_commit(project: &Project, rev: &str) -> Result<String, GitError> {
     let repo = open(project)?;
     let commit = find_commit(&repo, rev)?;
@@ -314,6 +320,7 @@ fn find_commit<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Commit<'r>, 
 }
 
 /// True when the local branch `name` exists. An unreadable repository counts as "no".
+#[must_use]
 pub fn branch_exists(project: &Project, name: &str) -> bool {
     open(project).is_ok_and(|repo| repo.find_branch(name, BranchType::Local).is_ok())
 }
@@ -323,6 +330,7 @@ pub fn branch_exists(project: &Project, name: &str) -> bool {
 /// Like git, this counts a linked worktree whose directory is missing, and a branch being rebased
 /// in a worktree. It reports that worktree's recorded directory. A bare repository's `HEAD` does
 /// not count: nothing has it checked out.
+#[must_use]
 pub fn checked_out_at(project: &Project, branch: &str) -> Option<PathBuf> {
     let refname = format!("refs/heads/{branch}");
     if !project.is_bare && admin_branches(&project.id).contains(&refname) {
@@ -362,6 +370,7 @@ fn admin_branches(git_dir: &Path) -> Vec<String> {
 ///
 /// This does not trust libgit2's `git_worktree_validate` alone: it did not check the working
 /// directory at all before 1.2 (libgit2 #5280), and it still does not check the link back.
+#[must_use]
 pub fn is_worktree_of(project: &Project, path: &Path) -> bool {
     let Some(admin) = linked_admin_dir(path).and_then(|dir| fs_err::canonicalize(dir).ok()) else {
         return false;
@@ -447,6 +456,8 @@ fn exists(path: &Path) -> bool {
 /// recursively with libgit2; if that fails (it has no network transports here), this runs
 /// `git -C <path> submodule update --init --recursive` when `git` is on `PATH`, with a warning.
 ///
+/// # Errors
+///
 /// If any step fails, everything this call created is removed again (the worktree directory, the
 /// admin entry, the branch if it created it, and the parent directories it created) before the
 /// error is returned. A `path` that exists but is not a worktree of this project is refused with
@@ -456,7 +467,7 @@ pub fn ensure_worktree(project: &Project, req: &WorktreeRequest) -> Result<Workt
     ensure_admin_name_valid(&req.admin_name)?;
     let path = absolute(&req.path)?;
     if is_worktree_of(project, &path) {
-        return reuse_worktree(&path);
+        return reuse_worktree(&path, &req.admin_name);
     }
 
     if exists(&path) {
@@ -477,7 +488,17 @@ pub fn ensure_worktree(project: &Project, req: &WorktreeRequest) -> Result<Workt
     Ok(worktree)
 }
 
-fn reuse_worktree(path: &Path) -> Result<Worktree, GitError> {
+fn reuse_worktree(path: &Path, admin_name: &str) -> Result<Worktree, GitError> {
+    let linked_name =
+        linked_admin_dir(path).and_then(|admin| admin.file_name().map(OsStr::to_owned));
+    if linked_name.as_deref() != Some(OsStr::new(admin_name)) {
+        tracing::warn!(
+            path = %path.display(),
+            expected = admin_name,
+            "reusing a worktree whose admin entry has another name; removing it by that name will be refused"
+        );
+    }
+
     let repo = Repository::open(path).during(|| format!("failed to open `{}`", path.display()))?;
     let branch = current_branch(&repo)
         .during(|| format!("failed to read `HEAD` of `{}`", path.display()))?;
@@ -516,7 +537,10 @@ fn create_worktree(
         rollback.branch = Some(branch.clone());
     }
 
-    rollback.parents = create_parents(path)?;
+    rollback.parents = missing_ancestors(path);
+    if let Some(deepest) = rollback.parents.last() {
+        fs_err::create_dir_all(deepest)?;
+    }
 
     // From here on, anything at the path or the admin entry is ours: both were checked absent,
     // and libgit2 can fail after creating them (libgit2 #4977).
@@ -586,8 +610,8 @@ fn create_branch(repo: &Repository, name: &str, base: &str) -> Result<(), GitErr
     Ok(())
 }
 
-/// Creates the missing ancestors of `path`; returns those it created, outermost first.
-fn create_parents(path: &Path) -> Result<Vec<PathBuf>, GitError> {
+/// The ancestors of `path` that do not exist yet, outermost first.
+fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
     let mut missing: Vec<PathBuf> = path
         .ancestors()
         .skip(1)
@@ -595,11 +619,7 @@ fn create_parents(path: &Path) -> Result<Vec<PathBuf>, GitError> {
         .map(Path::to_path_buf)
         .collect();
     missing.reverse();
-
-    if let Some(deepest) = missing.last() {
-        fs_err::create_dir_all(deepest)?;
-    }
-    Ok(missing)
+    missing
 }
 
 fn add_worktree(
@@ -670,7 +690,8 @@ impl<'r> Rollback<'r> {
             self.delete_created_branch(branch);
         }
 
-        for dir in self.parents.iter().rev() {
+        // `remove_dir` only removes empty directories, so nothing put there meanwhile is lost.
+        for dir in self.parents.iter().rev().filter(|dir| exists(dir)) {
             if let Err(err) = fs_err::remove_dir(dir) {
                 tracing::warn!(error = %err, "could not remove a parent directory created for a worktree");
                 break;
@@ -712,15 +733,26 @@ fn remove_dir_logged(dir: &Path) {
 // Submodules
 // ---------------------------------------------------------------------------------------------
 
-/// Initialises and updates all submodules of the worktree at `path`, recursively.
+/// Initialises and updates all submodules of the new worktree at `path`, recursively.
 fn update_submodules(path: &Path) -> Result<(), GitError> {
+    let fallback = which::which("git")
+        .ok()
+        .map(|git| fallback_command(&git, path));
+    update_submodules_or_fall_back(path, fallback)
+}
+
+/// Tries libgit2 first; on failure clears what it left and runs `fallback`, if there is one.
+///
+/// libgit2 is built here without network transports, so any submodule with an `https` or `ssh`
+/// URL takes the fallback.
+fn update_submodules_or_fall_back(path: &Path, fallback: Option<Command>) -> Result<(), GitError> {
     let repo = Repository::open(path).during(|| format!("failed to open `{}`", path.display()))?;
     let Err(err) = update_submodules_with_libgit2(&repo) else {
         return Ok(());
     };
 
     let libgit2_detail = format!("libgit2: {}", err.message());
-    let Ok(git) = which::which("git") else {
+    let Some(command) = fallback else {
         return Err(GitError::SubmoduleUpdate {
             path: path.to_path_buf(),
             detail: format!("{libgit2_detail}; `git` is not on `PATH` to retry with"),
@@ -732,12 +764,37 @@ fn update_submodules(path: &Path) -> Result<(), GitError> {
         error = %err.message(),
         "libgit2 could not update submodules; retrying with `git submodule update --init --recursive`"
     );
-    run_submodule_fallback(fallback_command(&git, path), path).map_err(|detail| {
-        GitError::SubmoduleUpdate {
-            path: path.to_path_buf(),
-            detail: format!("{libgit2_detail}; `git submodule update` then failed: {detail}"),
-        }
+    reset_submodules(&repo)?;
+    run_submodule_fallback(command, path).map_err(|detail| GitError::SubmoduleUpdate {
+        path: path.to_path_buf(),
+        detail: format!("{libgit2_detail}; `git submodule update` then failed: {detail}"),
     })
+}
+
+/// Removes what a failed libgit2 update left (half-made submodule repositories under the
+/// worktree's git dir, and gitlinks in the submodule directories); `git` refuses to continue
+/// from that state ("unable to find current revision"). Only called on a worktree this call has
+/// just created, so nothing removed here is anyone's work.
+fn reset_submodules(repo: &Repository) -> Result<(), GitError> {
+    let modules = repo.path().join("modules");
+    if exists(&modules) {
+        fs_err::remove_dir_all(&modules)?;
+    }
+
+    let Some(workdir) = repo.workdir() else {
+        return Ok(());
+    };
+    let submodules = repo
+        .submodules()
+        .during(|| format!("failed to list submodules of `{}`", workdir.display()))?;
+    for submodule in submodules {
+        let dir = workdir.join(submodule.path());
+        if exists(&dir) {
+            fs_err::remove_dir_all(&dir)?;
+            fs_err::create_dir(&dir)?;
+        }
+    }
+    Ok(())
 }
 
 fn update_submodules_with_libgit2(repo: &Repository) -> Result<(), git2::Error> {
@@ -800,8 +857,10 @@ fn run_submodule_fallback(mut command: Command, path: &Path) -> Result<(), Strin
 /// worktree's `HEAD` but from no other local branch. Commits only on remote-tracking branches or
 /// tags still count as unique.
 ///
-/// Errors: [`GitError::NotAWorktree`] when `path` is not a checkout of this project (the main
-/// checkout is accepted).
+/// # Errors
+///
+/// [`GitError::NotAWorktree`] when `path` is not a checkout of this project (the main checkout
+/// is accepted).
 pub fn inspect(project: &Project, path: &Path) -> Result<Safety, GitError> {
     let repo = open_checkout(project, path)?;
 
@@ -890,7 +949,8 @@ fn count_unique_commits(repo: &Repository) -> Result<usize, git2::Error> {
 /// Works when the directory is already gone (libgit2 #5280), and when the admin entry is already
 /// gone; a repeated call succeeds.
 ///
-/// Errors:
+/// # Errors
+///
 /// - [`GitError::WorktreeLocked`] when the entry is locked with a reason other than exactly
 ///   [`DEVSERVER_LOCK_REASON`]; nothing is touched.
 /// - [`GitError::WorktreeMismatch`] when the entry records a different directory than `path`.
@@ -921,10 +981,10 @@ pub fn remove_worktree(
 
 fn ensure_entry_removable(admin_name: &str, admin: &Path, path: &Path) -> Result<(), GitError> {
     if let Some(reason) = lock_reason(admin) {
-        if reason.as_deref() != Some(DEVSERVER_LOCK_REASON) {
+        if reason != DEVSERVER_LOCK_REASON {
             return Err(GitError::WorktreeLocked {
                 name: admin_name.to_owned(),
-                reason,
+                reason: (!reason.is_empty()).then_some(reason),
             });
         }
     }
@@ -941,15 +1001,16 @@ fn ensure_entry_removable(admin_name: &str, admin: &Path, path: &Path) -> Result
     }
 }
 
-/// `None` when unlocked; `Some(None)` when locked without a reason.
-fn lock_reason(admin: &Path) -> Option<Option<String>> {
+/// The reason an admin entry is locked with (empty when none is given), or `None` when unlocked.
+///
+/// Read directly: `git2`'s `is_locked` panics on a reason that is not UTF-8.
+fn lock_reason(admin: &Path) -> Option<String> {
     let lock_file = admin.join("locked");
     if !exists(&lock_file) {
         return None;
     }
     let text = fs_err::read(&lock_file).unwrap_or_default();
-    let reason = String::from_utf8_lossy(&text).trim().to_owned();
-    Some((!reason.is_empty()).then_some(reason))
+    Some(String::from_utf8_lossy(&text).trim().to_owned())
 }
 
 /// Deletes the worktree directory, after checking its `.git` file names `admin`.
@@ -1020,6 +1081,8 @@ fn delete_local_branch(project: &Project, branch: &str) -> Result<(), GitError> 
 }
 
 #[cfg(test)]
+// A failed unwrap is a failed test, which is what it should be here.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -1559,21 +1622,47 @@ mod tests {
     }
 
     #[test]
-    fn cli_fallback_populates_submodules() {
+    fn libgit2_submodule_failure_falls_back_to_git_from_a_clean_state() {
         let sb = Sandbox::new();
-        let sup = sb.repo_with_nested_submodules();
+        let sub = sb.repo("sub");
+        let sup = sb.repo("sup");
+        sb.add_submodule(&sup, &sub, "sub");
+
+        // A URL scheme libgit2 lacks (as `https` is in this build), which the fallback's own
+        // config rewrites to the real path.
+        sb.git(
+            &sup,
+            &[
+                "config",
+                "-f",
+                ".gitmodules",
+                "submodule.sub.url",
+                "fake:sub",
+            ],
+        );
+        sb.git(&sup, &["config", "submodule.sub.url", "fake:sub"]);
+        sb.git(&sup, &["commit", "-q", "-am", "fake url"]);
         sb.git(&sup, &["worktree", "add", "-q", "-b", "plain", "../plain"]);
         let path = sb.path("plain");
-        assert!(!path.join("sub/README").exists());
 
+        let err = update_submodules_or_fall_back(&path, None).unwrap_err();
+        assert!(err.to_string().contains("`git` is not on `PATH`"), "{err}");
+
+        // That attempt left half-made submodule state; the fallback must cope with it.
+        let rewrite = format!("url.{}.insteadOf", sub.display());
         let mut command = fallback_command(&which::which("git").unwrap(), &path);
         command
-            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_COUNT", "2")
             .env("GIT_CONFIG_KEY_0", "protocol.file.allow")
-            .env("GIT_CONFIG_VALUE_0", "always");
-        run_submodule_fallback(command, &path).unwrap();
+            .env("GIT_CONFIG_VALUE_0", "always")
+            .env("GIT_CONFIG_KEY_1", &rewrite)
+            .env("GIT_CONFIG_VALUE_1", "fake:sub");
+        update_submodules_or_fall_back(&path, Some(command)).unwrap();
 
-        assert!(path.join("sub/inner/README").exists());
+        assert_eq!(
+            fs_err::read_to_string(path.join("sub/README")).unwrap(),
+            "hello\n"
+        );
     }
 
     #[test]
@@ -1709,6 +1798,13 @@ mod tests {
 
         assert_eq!(admin_entries(&project), ["b"]);
         assert!(!branch_exists(&project, "agent-a"));
+
+        // The respawn gets a fresh worktree, with b's entry still dangling.
+        let again = request("a", a.path.clone(), new_branch("agent-a", "HEAD"));
+        assert!(ensure_worktree(&project, &again).unwrap().created);
+        assert_eq!(admin_entries(&project), ["a", "b"]);
+        remove_worktree(&project, "a", &a.path, Some("agent-a")).unwrap();
+
         fs_err::rename(sb.path("b-away"), &b.path).unwrap();
         assert!(is_worktree_of(&project, &b.path));
         assert_eq!(sb.git(&b.path, &["status", "--porcelain"]), "M  README");

@@ -27,7 +27,8 @@ pub fn probe(port: u16, kind: &Probe, budget: Duration) -> bool {
 }
 
 fn probe_addr(addr: SocketAddr, kind: &Probe, budget: Duration) -> bool {
-    let Ok(stream) = TcpStream::connect_timeout(&addr, budget.min(Duration::from_millis(500))) else {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, budget.min(Duration::from_millis(500)))
+    else {
         return false;
     };
     match kind {
@@ -37,7 +38,12 @@ fn probe_addr(addr: SocketAddr, kind: &Probe, budget: Duration) -> bool {
 }
 
 /// Sends `GET path` and returns the status of the answer's status line.
-fn http_status(mut stream: TcpStream, addr: SocketAddr, path: &str, budget: Duration) -> Option<u16> {
+fn http_status(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    budget: Duration,
+) -> Option<u16> {
     stream.set_read_timeout(Some(budget)).ok()?;
     stream.set_write_timeout(Some(budget)).ok()?;
     let host = match addr {

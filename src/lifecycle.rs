@@ -27,7 +27,13 @@ pub fn instance_key(project: &Path, project_name: &str, agent: &str) -> String {
     let hash = stable_hash(&[project.as_os_str().as_encoded_bytes()]);
     let name: String = project_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(32)
         .collect();
     format!("{name}-{:08x}-{agent}", hash as u32)
@@ -92,6 +98,9 @@ mod tests {
 
     #[test]
     fn normalize_removes_dots() {
-        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
     }
 }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use fs_err::{File, OpenOptions};
 use fs_err::os::unix::fs::OpenOptionsExt;
+use fs_err::{File, OpenOptions};
 
 use crate::error::{Code, Failure};
 use crate::process::{self, ProcRef};
@@ -187,14 +187,19 @@ mod tests {
     fn second_acquire_in_one_process_times_out_with_holder() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.lock");
-        let _held = FileLock::acquire(&path, Duration::from_secs(1), "the test lock").expect("first");
+        let _held =
+            FileLock::acquire(&path, Duration::from_secs(1), "the test lock").expect("first");
 
         let start = Instant::now();
-        let err = FileLock::acquire(&path, Duration::from_millis(200), "the test lock").unwrap_err();
+        let err =
+            FileLock::acquire(&path, Duration::from_millis(200), "the test lock").unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
         assert_eq!(crate::error::classify(&err).0, Code::LockTimeout);
         let msg = format!("{err:#}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
     }
 
     #[test]

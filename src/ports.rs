@@ -110,7 +110,10 @@ mod tests {
     fn pick_gives_none_when_exhausted() {
         let reserved: HashSet<u16> = (100..=104).collect();
         assert_eq!(pick(&(100..=104), None, 100, &reserved, |_| true), None);
-        assert_eq!(pick(&(100..=104), None, 100, &HashSet::new(), |_| false), None);
+        assert_eq!(
+            pick(&(100..=104), None, 100, &HashSet::new(), |_| false),
+            None
+        );
     }
 
     #[test]

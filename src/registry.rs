@@ -126,10 +126,7 @@ impl Entry {
             root: self.monitor,
             sid: self.server.map(|s| s.pid),
             marker: Some(format!("DEVSERVER_INSTANCE={}", self.token)),
-            since: self
-                .monitor
-                .or(self.server)
-                .map_or(0, |p| p.start_time),
+            since: self.monitor.or(self.server).map_or(0, |p| p.start_time),
         }
     }
 
@@ -264,13 +261,14 @@ impl Registry {
         let restored = match restored {
             Ok(snapshot) => snapshot,
             Err(why) => {
-                return Err(self.corrupt_error(&path, &detail)).context(format!(
-                    "the previous version cannot be used either: {why}"
-                ))
+                return Err(self.corrupt_error(&path, &detail))
+                    .context(format!("the previous version cannot be used either: {why}"))
             }
         };
 
-        let aside = self.dir.join(format!("registry.json.corrupt-{}", unix_secs()));
+        let aside = self
+            .dir
+            .join(format!("registry.json.corrupt-{}", unix_secs()));
         fs_err::rename(&path, &aside).context("cannot move the corrupt registry aside")?;
         crate::output::warn(&format!(
             "registry `{}` was corrupt ({detail}); moved it to `{}` and restored the previous version ({} instances)",
@@ -296,8 +294,11 @@ impl Registry {
     /// Atomically replaces the registry, keeping the old file as the backup.
     fn write(&self, snapshot: &Snapshot) -> Result<()> {
         let path = self.file();
-        let tmp = self.dir.join(format!("registry.json.tmp-{}", std::process::id()));
-        let mut bytes = serde_json::to_vec_pretty(snapshot).context("cannot encode the registry")?;
+        let tmp = self
+            .dir
+            .join(format!("registry.json.tmp-{}", std::process::id()));
+        let mut bytes =
+            serde_json::to_vec_pretty(snapshot).context("cannot encode the registry")?;
         bytes.push(b'\n');
 
         let written = write_synced(&tmp, &bytes).and_then(|()| {
@@ -316,7 +317,9 @@ impl Registry {
         if !path.exists() {
             return Ok(());
         }
-        let staged = self.dir.join(format!("registry.json.bak-{}", std::process::id()));
+        let staged = self
+            .dir
+            .join(format!("registry.json.bak-{}", std::process::id()));
         let _ = fs_err::remove_file(&staged);
         fs_err::hard_link(path, &staged)?;
         fs_err::rename(&staged, self.backup())
@@ -385,9 +388,12 @@ pub fn default_dir() -> Result<PathBuf> {
     if let Some(home) = var("HOME") {
         return Ok(PathBuf::from(home).join(".local/state/devserver"));
     }
-    Err(Failure::new(Code::Error, "cannot find a state directory: `HOME` is not set")
-        .with_hint("set `DEVSERVER_HOME` to a private directory")
-        .into())
+    Err(Failure::new(
+        Code::Error,
+        "cannot find a state directory: `HOME` is not set",
+    )
+    .with_hint("set `DEVSERVER_HOME` to a private directory")
+    .into())
 }
 
 /// Creates `dir` 0700 if missing, and refuses one that others could write.
@@ -406,12 +412,21 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     let refuse = |why: String| -> Result<()> {
-        Err(Failure::new(Code::Error, format!("refusing to use the state directory `{}`: {why}", dir.display()))
-            .with_hint("point `DEVSERVER_HOME` at a directory of your own with mode 0700")
-            .into())
+        Err(Failure::new(
+            Code::Error,
+            format!(
+                "refusing to use the state directory `{}`: {why}",
+                dir.display()
+            ),
+        )
+        .with_hint("point `DEVSERVER_HOME` at a directory of your own with mode 0700")
+        .into())
     };
     if meta.uid() != me {
-        return refuse(format!("it is owned by uid {}, not by you (uid {me})", meta.uid()));
+        return refuse(format!(
+            "it is owned by uid {}, not by you (uid {me})",
+            meta.uid()
+        ));
     }
     if meta.permissions().mode() & 0o022 != 0 {
         return refuse(format!(
@@ -474,8 +489,16 @@ mod tests {
     #[test]
     fn update_round_trips_and_keeps_previous_version() {
         let (_dir, reg) = registry();
-        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("first");
-        reg.update(|s| Ok(s.upsert(entry("b", 5202)))).expect("second");
+        reg.update(|s| {
+            s.upsert(entry("a", 5201));
+            Ok(())
+        })
+        .expect("first");
+        reg.update(|s| {
+            s.upsert(entry("b", 5202));
+            Ok(())
+        })
+        .expect("second");
 
         assert_eq!(reg.load().expect("load").instances.len(), 2);
         let previous = decode(&fs_err::read(reg.backup()).expect("backup")).expect("parses");
@@ -486,7 +509,11 @@ mod tests {
     fn state_dir_and_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let (_dir, reg) = registry();
-        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("write");
+        reg.update(|s| {
+            s.upsert(entry("a", 5201));
+            Ok(())
+        })
+        .expect("write");
         let mode = |p: &Path| fs_err::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(reg.dir()), 0o700);
         assert_eq!(mode(&reg.file()), 0o600);
@@ -495,8 +522,16 @@ mod tests {
     #[test]
     fn corrupt_file_is_an_error_for_readers_and_restored_by_writers() {
         let (_dir, reg) = registry();
-        reg.update(|s| Ok(s.upsert(entry("a", 5201)))).expect("a");
-        reg.update(|s| Ok(s.upsert(entry("b", 5202)))).expect("b");
+        reg.update(|s| {
+            s.upsert(entry("a", 5201));
+            Ok(())
+        })
+        .expect("a");
+        reg.update(|s| {
+            s.upsert(entry("b", 5202));
+            Ok(())
+        })
+        .expect("b");
         fs_err::write(reg.file(), b"{\"version\": 1, \"instan").expect("truncate");
 
         let msg = format!("{:#}", reg.load().unwrap_err());
@@ -506,13 +541,27 @@ mod tests {
             b"{\"version\": 1, \"instan"
         );
 
-        reg.update(|s| Ok(s.upsert(entry("c", 5203)))).expect("write restores");
-        let agents: Vec<_> = reg.load().expect("load").instances.into_iter().map(|e| e.agent).collect();
+        reg.update(|s| {
+            s.upsert(entry("c", 5203));
+            Ok(())
+        })
+        .expect("write restores");
+        let agents: Vec<_> = reg
+            .load()
+            .expect("load")
+            .instances
+            .into_iter()
+            .map(|e| e.agent)
+            .collect();
         assert_eq!(agents, ["a", "c"]);
         let aside = fs_err::read_dir(reg.dir())
             .expect("list")
             .filter_map(|e| e.ok())
-            .any(|e| e.file_name().to_string_lossy().starts_with("registry.json.corrupt-"));
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("registry.json.corrupt-")
+            });
         assert!(aside, "corrupt file kept aside");
     }
 
@@ -528,7 +577,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         fs_err::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        let msg = format!("{:#}", Registry::open(dir.path(), Duration::from_secs(1)).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            Registry::open(dir.path(), Duration::from_secs(1)).unwrap_err()
+        );
         assert!(msg.contains("writable by others"), "{msg}");
     }
 

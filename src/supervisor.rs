@@ -84,7 +84,10 @@ pub fn launch(spec: &LaunchSpec) -> Result<std::process::Child> {
         .with_context(|| format!("cannot start the monitor `{}`", exe.display()))?;
 
     let json = serde_json::to_vec(spec).context("cannot encode the launch spec")?;
-    let mut stdin = child.stdin.take().context("the monitor has no stdin pipe")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .context("the monitor has no stdin pipe")?;
     stdin
         .write_all(&json)
         .context("cannot hand the launch spec to the monitor")?;
@@ -127,7 +130,9 @@ pub fn run() -> Result<()> {
             stop(&tree, &spec, &log)
         }
         Err(err) => {
-            log.note(&format!("cannot record the server in the registry: {err:#}; stopping"));
+            log.note(&format!(
+                "cannot record the server in the registry: {err:#}; stopping"
+            ));
             stop(&tree, &spec, &log)
         }
     };
@@ -144,7 +149,9 @@ struct Outcome {
 }
 
 fn start_server(spec: &LaunchSpec, writer: std::io::PipeWriter) -> Result<ProcRef> {
-    let stderr = writer.try_clone().context("cannot duplicate the log pipe")?;
+    let stderr = writer
+        .try_clone()
+        .context("cannot duplicate the log pipe")?;
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -167,7 +174,11 @@ fn start_server(spec: &LaunchSpec, writer: std::io::PipeWriter) -> Result<ProcRe
         });
     }
     let child = command.spawn().with_context(|| {
-        format!("cannot start `sh -c {}` in `{}`", spec.command, spec.cwd.display())
+        format!(
+            "cannot start `sh -c {}` in `{}`",
+            spec.command,
+            spec.cwd.display()
+        )
     })?;
 
     // The Child handle is dropped on purpose: this process reaps with
@@ -214,7 +225,10 @@ fn supervise(
 fn stop(tree: &TreeSpec, spec: &LaunchSpec, log: &RotatingLog) -> Outcome {
     let outcome = process::stop_tree(tree, Duration::from_millis(spec.grace_ms));
     if outcome.killed > 0 {
-        log.note(&format!("{} processes ignored SIGTERM and were killed", outcome.killed));
+        log.note(&format!(
+            "{} processes ignored SIGTERM and were killed",
+            outcome.killed
+        ));
     }
     let mut status = None;
     while let Children::Remaining = reap(0, &mut status) {
@@ -268,7 +282,12 @@ pub fn describe_status(status: i32) -> String {
     }
 }
 
-fn record_start(registry: &Registry, spec: &LaunchSpec, me: ProcRef, server: ProcRef) -> Result<bool> {
+fn record_start(
+    registry: &Registry,
+    spec: &LaunchSpec,
+    me: ProcRef,
+    server: ProcRef,
+) -> Result<bool> {
     registry.update(|snapshot| {
         let Some(entry) = snapshot.find_mut(&spec.project, &spec.agent) else {
             return Ok(false);
@@ -278,7 +297,8 @@ fn record_start(registry: &Registry, spec: &LaunchSpec, me: ProcRef, server: Pro
         }
         entry.monitor = Some(me);
         entry.server = Some(server);
-        entry.started_at = Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
+        entry.started_at =
+            Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string());
         Ok(true)
     })
 }
@@ -291,7 +311,11 @@ fn record_end(registry: &Registry, spec: &LaunchSpec, outcome: &Outcome, log: &R
         if entry.token != spec.token {
             return Ok(());
         }
-        entry.state = if outcome.requested { State::Stopped } else { State::Exited };
+        entry.state = if outcome.requested {
+            State::Stopped
+        } else {
+            State::Exited
+        };
         entry.exit_status = outcome.status;
         entry.monitor = None;
         Ok(())

@@ -52,7 +52,10 @@ impl World {
     }
 
     pub fn with_config(config: &str) -> World {
-        let tmp = tempfile::Builder::new().prefix("ds-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("ds-")
+            .tempdir()
+            .expect("tempdir");
         let repo = tmp.path().join("app");
         let home = tmp.path().join("state");
         fs_err::create_dir_all(&repo).expect("mkdir repo");
@@ -98,7 +101,11 @@ impl World {
 
     /// Spawns `agent` and returns its URL; panics with the output on failure.
     pub fn spawn(&self, agent: &str) -> String {
-        self.ds(&["spawn", "--agent", agent]).ok().stdout.trim().to_string()
+        self.ds(&["spawn", "--agent", agent])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
     }
 
     /// The registry as JSON.
@@ -131,8 +138,18 @@ impl Drop for World {
 
 pub fn git_in(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=devserver-test", "-c", "user.email=test@devserver.invalid"])
-        .args(["-c", "protocol.file.allow=always", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=devserver-test",
+            "-c",
+            "user.email=test@devserver.invalid",
+        ])
+        .args([
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .current_dir(dir)
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -249,14 +266,19 @@ impl Outcome {
 /// GETs `url` and returns the body, or None when nothing answers.
 pub fn get(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut stream = TcpStream::connect(host).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     use std::io::{Read, Write};
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// Whether anything accepts connections on `port` (127.0.0.1 or ::1).
@@ -296,7 +318,9 @@ fn is_zombie(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some("Z" | "X") | None)
 }
 
@@ -333,7 +357,11 @@ pub fn assert_no_processes_under(dir: &Path) {
                 format!("{p}: {}", String::from_utf8_lossy(&cmd).replace('\0', " "))
             })
             .collect();
-        panic!("processes left under {}:\n{}", dir.display(), described.join("\n"));
+        panic!(
+            "processes left under {}:\n{}",
+            dir.display(),
+            described.join("\n")
+        );
     }
 }
 

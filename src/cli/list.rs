@@ -26,7 +26,11 @@ pub struct Args {
 
 impl Args {
     pub fn run(self, context: &Context) -> Result<()> {
-        let project = if self.all { None } else { Some(context.project()?) };
+        let project = if self.all {
+            None
+        } else {
+            Some(context.project()?)
+        };
         let registry = context.registry_for(project.as_ref())?;
 
         let snapshot = registry.load()?;
@@ -49,7 +53,9 @@ impl Args {
 }
 
 fn table(views: &[View], all: bool) -> String {
-    let mut header = vec!["AGENT", "STATE", "URL", "PORT", "PID", "BRANCH", "UPTIME", "WORKTREE"];
+    let mut header = vec![
+        "AGENT", "STATE", "URL", "PORT", "PID", "BRANCH", "UPTIME", "WORKTREE",
+    ];
     if all {
         header.push("PROJECT");
     }
@@ -63,8 +69,10 @@ fn table(views: &[View], all: bool) -> String {
                 v.port.to_string(),
                 v.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                 v.branch.clone(),
-                v.uptime_secs
-                    .map_or_else(|| "-".into(), |s| humantime::format_duration(Duration::from_secs(s)).to_string()),
+                v.uptime_secs.map_or_else(
+                    || "-".into(),
+                    |s| humantime::format_duration(Duration::from_secs(s)).to_string(),
+                ),
                 v.worktree.display().to_string(),
             ];
             if all {

@@ -36,9 +36,15 @@ impl Args {
         let registry = context.registry_for(Some(&project))?;
         let agent = &self.agent.agent;
         let Some(entry) = registry.load()?.find(&project.id, agent).cloned() else {
-            return Err(Failure::new(Code::NoInstance, format!("agent `{agent}` has no instance in `{}`", project.root.display()))
-                .with_hint("`devserver list` shows the instances of this repository")
-                .into());
+            return Err(Failure::new(
+                Code::NoInstance,
+                format!(
+                    "agent `{agent}` has no instance in `{}`",
+                    project.root.display()
+                ),
+            )
+            .with_hint("`devserver list` shows the instances of this repository")
+            .into());
         };
 
         let mut out = std::io::stdout().lock();
@@ -78,7 +84,8 @@ fn follow(log: &Path, out: &mut impl Write, alive: impl Fn() -> bool) -> Result<
             let mut file = fs_err::File::open(log)?;
             file.seek(SeekFrom::Start(position))?;
             let mut chunk = Vec::new();
-            file.read_to_end(&mut chunk).context("cannot read the log")?;
+            file.read_to_end(&mut chunk)
+                .context("cannot read the log")?;
             position += chunk.len() as u64;
             out.write_all(&chunk)?;
             out.flush()?;

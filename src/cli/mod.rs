@@ -12,7 +12,7 @@ mod status;
 mod stop;
 mod url;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -103,7 +103,11 @@ impl Context {
             None => cwd.clone(),
         };
         if !dir.is_dir() {
-            return Err(Failure::new(Code::Usage, format!("`-C {}`: no such directory", dir.display())).into());
+            return Err(Failure::new(
+                Code::Usage,
+                format!("`-C {}`: no such directory", dir.display()),
+            )
+            .into());
         }
         Ok(Context {
             dir,
@@ -157,10 +161,6 @@ impl Context {
     /// The registry with the project's own settings.
     pub fn registry(&self, settings: &Settings) -> Result<Registry> {
         Registry::open(&registry::default_dir()?, settings.lock_timeout)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

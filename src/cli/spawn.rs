@@ -53,7 +53,10 @@ impl Args {
         let spawned = lifecycle::spawn(&registry, &plan)?;
         let entry = &spawned.entry;
         if spawned.existing {
-            output::status(&format!("agent `{}` is already running at {}", entry.agent, entry.url));
+            output::status(&format!(
+                "agent `{}` is already running at {}",
+                entry.agent, entry.url
+            ));
         } else {
             output::status(&format!(
                 "agent `{}` is running at {} (worktree `{}`, branch `{}`)",
@@ -79,14 +82,20 @@ impl Args {
         let branch = match &self.branch {
             Some(name) => existing_branch(&project, name)?,
             None => {
-                let base = self.base.clone().unwrap_or_else(|| settings.worktree.base.clone());
+                let base = self
+                    .base
+                    .clone()
+                    .unwrap_or_else(|| settings.worktree.base.clone());
                 ensure_base(&project, &base)?;
                 let name = config::expand(&settings.worktree.branch, &[("agent", &agent)]);
                 BranchChoice::New { name, base }
             }
         };
 
-        let dir = config::expand(&settings.worktree.dir, &[("name", &project.name), ("agent", &agent)]);
+        let dir = config::expand(
+            &settings.worktree.dir,
+            &[("name", &project.name), ("agent", &agent)],
+        );
         let worktree = lifecycle::normalize(&project.root.join(dir).join(&agent));
         Ok(SpawnPlan {
             project,
@@ -105,7 +114,9 @@ fn existing_branch(project: &Project, name: &str) -> Result<BranchChoice> {
             .with_hint("`git branch` lists the local branches; leave out `--branch` to get `devserver/<agent>`")
             .into());
     }
-    Ok(BranchChoice::Existing { name: name.to_string() })
+    Ok(BranchChoice::Existing {
+        name: name.to_string(),
+    })
 }
 
 fn ensure_base(project: &Project, base: &str) -> Result<()> {
@@ -129,7 +140,10 @@ fn ensure_command(settings: &Settings, root: &Path) -> Result<()> {
     }
     Err(Failure::new(
         Code::Error,
-        format!("the command `{}` needs `{program}`, which is not on PATH", settings.command),
+        format!(
+            "the command `{}` needs `{program}`, which is not on PATH",
+            settings.command
+        ),
     )
     .with_hint(format!(
         "install `{program}`, or fix `command` in `{}`",
@@ -142,12 +156,12 @@ fn ensure_command(settings: &Settings, root: &Path) -> Result<()> {
 /// shell: skips `VAR=value` prefixes, and gives up on shell syntax.
 fn first_program(command: &str) -> Option<&str> {
     const BUILTINS: &[&str] = &[
-        "exec", "cd", "export", "env", "if", "for", "while", "case", "set", "trap", "test", "[", "{",
-        "(", "true", "false", ".", "source", "eval", "command", "nohup", "time", "!",
+        "exec", "cd", "export", "env", "if", "for", "while", "case", "set", "trap", "test", "[",
+        "{", "(", "true", "false", ".", "source", "eval", "command", "nohup", "time", "!",
     ];
     let word = command
         .split_whitespace()
-        .find(|w| !(w.contains('=') && !w.starts_with('=')))?;
+        .find(|w| !w.contains('=') || w.starts_with('='))?;
     let is_plain = !word.chars().any(|c| "$`'\"\\|&;<>(){}*?~".contains(c));
     (is_plain && !BUILTINS.contains(&word)).then_some(word)
 }

@@ -30,9 +30,15 @@ impl Args {
 
         let snapshot = registry.load()?;
         let Some(entry) = snapshot.find(&project.id, agent) else {
-            return Err(Failure::new(Code::NoInstance, format!("agent `{agent}` has no instance in `{}`", project.root.display()))
-                .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
-                .into());
+            return Err(Failure::new(
+                Code::NoInstance,
+                format!(
+                    "agent `{agent}` has no instance in `{}`",
+                    project.root.display()
+                ),
+            )
+            .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
+            .into());
         };
         let view = View::of(entry);
         if self.json {
@@ -58,7 +64,10 @@ fn describe(view: &View) -> String {
         lines.push(format!("started:   {started}"));
     }
     if let Some(status) = view.exit_status {
-        lines.push(format!("exit:      {}", crate::supervisor::describe_status(status)));
+        lines.push(format!(
+            "exit:      {}",
+            crate::supervisor::describe_status(status)
+        ));
     }
     if let Some(note) = &view.note {
         lines.push(format!("note:      {note}"));

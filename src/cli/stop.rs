@@ -70,7 +70,10 @@ impl Args {
         let by = format!("`devserver stop` (pid {})", std::process::id());
         let report = lifecycle::stop(registry, project, agent, &by)?;
         if report.was_running {
-            output::status(&format!("stopped agent `{agent}`; port {} is free", report.entry.port));
+            output::status(&format!(
+                "stopped agent `{agent}`; port {} is free",
+                report.entry.port
+            ));
         } else {
             output::status(&format!("agent `{agent}` was not running"));
         }
@@ -95,7 +98,11 @@ fn this_projects_agents(registry: &Registry, project: &Project) -> Result<Vec<St
         .map(|e| e.agent.clone())
         .collect();
     if agents.is_empty() {
-        return Err(Failure::new(Code::NoInstance, format!("no instances in `{}`", project.root.display())).into());
+        return Err(Failure::new(
+            Code::NoInstance,
+            format!("no instances in `{}`", project.root.display()),
+        )
+        .into());
     }
     Ok(agents)
 }

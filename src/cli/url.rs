@@ -33,9 +33,12 @@ impl Args {
             }
             (_, state) => {
                 let why = state.map_or("has no instance".into(), |s| format!("is {}", s.as_str()));
-                Err(Failure::new(Code::NoInstance, format!("agent `{agent}` {why} in `{}`", project.root.display()))
-                    .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
-                    .into())
+                Err(Failure::new(
+                    Code::NoInstance,
+                    format!("agent `{agent}` {why} in `{}`", project.root.display()),
+                )
+                .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
+                .into())
             }
         }
     }

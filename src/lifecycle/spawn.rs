@@ -57,14 +57,20 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
     let _instance = registry.lock_instance(&key, wait)?;
 
     if let Some(entry) = existing(registry, plan)? {
-        return Ok(Spawned { entry, existing: true });
+        return Ok(Spawned {
+            entry,
+            existing: true,
+        });
     }
 
     let token = new_token();
     let (entry, previous) = registry.update(|s| reserve(s, plan, registry, &key, &token))?;
     let mut made = Made::default();
     match start(registry, plan, entry, &mut made) {
-        Ok(entry) => Ok(Spawned { entry, existing: false }),
+        Ok(entry) => Ok(Spawned {
+            entry,
+            existing: false,
+        }),
         Err(err) => Err(roll_back(registry, plan, previous, &made, &token, err)),
     }
 }
@@ -78,7 +84,11 @@ fn existing(registry: &Registry, plan: &SpawnPlan) -> Result<Option<Entry>> {
     if !entry.state.is_active() || !is_alive(entry) {
         return Ok(None);
     }
-    if health::probe(entry.port, &plan.settings.health.probe, Duration::from_secs(2)) {
+    if health::probe(
+        entry.port,
+        &plan.settings.health.probe,
+        Duration::from_secs(2),
+    ) {
         tracing::info!(agent = %entry.agent, port = entry.port, "instance already running");
         return Ok(Some(entry.clone()));
     }
@@ -105,7 +115,12 @@ fn reserve(
     token: &str,
 ) -> Result<(Entry, Option<Entry>)> {
     let previous = snapshot.find(&plan.project.id, &plan.agent).cloned();
-    let port = choose_port(snapshot, plan, previous.as_ref().map(|e| e.port), &HashSet::new())?;
+    let port = choose_port(
+        snapshot,
+        plan,
+        previous.as_ref().map(|e| e.port),
+        &HashSet::new(),
+    )?;
 
     let worktree = previous
         .as_ref()
@@ -122,7 +137,9 @@ fn reserve(
         url: String::new(),
         worktree,
         branch: branch_name(&plan.branch).to_string(),
-        admin_name: previous.as_ref().map_or_else(|| admin_name(&plan.agent), |e| e.admin_name.clone()),
+        admin_name: previous
+            .as_ref()
+            .map_or_else(|| admin_name(&plan.agent), |e| e.admin_name.clone()),
         created_worktree: previous.as_ref().is_some_and(|e| e.created_worktree),
         created_branch: previous.as_ref().is_some_and(|e| e.created_branch),
         token: token.to_string(),
@@ -160,7 +177,10 @@ fn choose_port(
     }
 
     let range = &plan.settings.ports;
-    let hash = stable_hash(&[plan.project.id.as_os_str().as_encoded_bytes(), plan.agent.as_bytes()]);
+    let hash = stable_hash(&[
+        plan.project.id.as_os_str().as_encoded_bytes(),
+        plan.agent.as_bytes(),
+    ]);
     let start = ports::preferred(range, hash);
     ports::pick(range, previous, start, &reserved, ports::is_free).ok_or_else(|| {
         Failure::new(
@@ -184,15 +204,22 @@ fn ensure_port_available(port: u16, holders: &[&Entry]) -> Result<u16> {
     if let Some(other) = holders.iter().find(|e| e.port == port) {
         return Err(Failure::new(
             Code::NoPort,
-            format!("port {port} is reserved by agent `{}` of `{}`", other.agent, other.root.display()),
+            format!(
+                "port {port} is reserved by agent `{}` of `{}`",
+                other.agent,
+                other.root.display()
+            ),
         )
         .with_hint("choose another `--port`, or leave it out to get a free one")
         .into());
     }
     if !ports::is_free(port) {
-        return Err(Failure::new(Code::NoPort, format!("port {port} is in use by another process"))
-            .with_hint("choose another `--port`, or leave it out to get a free one")
-            .into());
+        return Err(Failure::new(
+            Code::NoPort,
+            format!("port {port} is in use by another process"),
+        )
+        .with_hint("choose another `--port`, or leave it out to get a free one")
+        .into());
     }
     Ok(port)
 }
@@ -203,7 +230,12 @@ struct Made {
     worktree: Option<git::Worktree>,
 }
 
-fn start(registry: &Registry, plan: &SpawnPlan, mut entry: Entry, made: &mut Made) -> Result<Entry> {
+fn start(
+    registry: &Registry,
+    plan: &SpawnPlan,
+    mut entry: Entry,
+    made: &mut Made,
+) -> Result<Entry> {
     let request = WorktreeRequest {
         admin_name: entry.admin_name.clone(),
         path: entry.worktree.clone(),
@@ -293,23 +325,31 @@ fn attempt_once(registry: &Registry, plan: &SpawnPlan, entry: &Entry) -> Result<
     match waited {
         Waited::Healthy => Ok(Attempt::Healthy),
         Waited::Foreign(who) => Ok(Attempt::PortTaken(format!("was taken by {who}"))),
-        Waited::Exited if is_addr_in_use(&tail) => {
-            Ok(Attempt::PortTaken("was already in use when the server bound it".into()))
-        }
+        Waited::Exited if is_addr_in_use(&tail) => Ok(Attempt::PortTaken(
+            "was already in use when the server bound it".into(),
+        )),
         Waited::Exited => {
-            let status = registry
-                .load()
-                .ok()
-                .and_then(|s| s.find(&entry.project, &entry.agent).and_then(|e| e.exit_status));
-            let how = status.map_or_else(|| "it exited".into(), |s| format!("it exited with {}", supervisor::describe_status(s)));
-            Err(unhealthy(entry, format!("the server stopped before it became healthy: {how}"), &tail))
+            let status = registry.load().ok().and_then(|s| {
+                s.find(&entry.project, &entry.agent)
+                    .and_then(|e| e.exit_status)
+            });
+            let how = status.map_or_else(
+                || "it exited".into(),
+                |s| format!("it exited with {}", supervisor::describe_status(s)),
+            );
+            Err(unhealthy(
+                entry,
+                format!("the server stopped before it became healthy: {how}"),
+                &tail,
+            ))
         }
-        Waited::TimedOut => Err(unhealthy(
+        Waited::TimedOut(elsewhere) => Err(unhealthy(
             entry,
             format!(
-                "the server did not answer on port {} within {}; stopped it and freed the port",
+                "the server did not answer on port {} within {}{}; stopped it and freed the port",
                 entry.port,
-                humantime::format_duration(plan.settings.health.timeout)
+                humantime::format_duration(plan.settings.health.timeout),
+                describe_elsewhere(&elsewhere),
             ),
             &tail,
         )),
@@ -320,7 +360,23 @@ enum Waited {
     Healthy,
     Foreign(String),
     Exited,
-    TimedOut,
+    /// With the ports the tree listened on instead, if any.
+    TimedOut(Vec<u16>),
+}
+
+fn describe_elsewhere(ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    match list.len() {
+        0 => String::new(),
+        1 => format!(
+            " (it listens on port {} instead: pass it `{{port}}` in `command`)",
+            list[0]
+        ),
+        _ => format!(
+            " (it listens on ports {} instead: pass it `{{port}}` in `command`)",
+            list.join(", ")
+        ),
+    }
 }
 
 fn wait_healthy(child: &mut Child, plan: &SpawnPlan, port: u16, tree: &TreeSpec) -> Waited {
@@ -340,7 +396,8 @@ fn wait_healthy(child: &mut Child, plan: &SpawnPlan, port: u16, tree: &TreeSpec)
             };
         }
         if Instant::now() >= deadline {
-            return Waited::TimedOut;
+            let members: Vec<u32> = process::find_tree(tree).iter().map(|p| p.pid).collect();
+            return Waited::TimedOut(process::listening_ports_of(&members));
         }
         std::thread::sleep(poll_interval());
     }
@@ -390,7 +447,10 @@ fn terminate(child: &mut Child, monitor: Option<ProcRef>, tree: &TreeSpec, grace
 fn mark_running(registry: &Registry, mut entry: Entry) -> Result<Entry> {
     let token = entry.token.clone();
     let latest = registry.update(|s| {
-        let Some(e) = s.find_mut(&entry.project, &entry.agent).filter(|e| e.token == token) else {
+        let Some(e) = s
+            .find_mut(&entry.project, &entry.agent)
+            .filter(|e| e.token == token)
+        else {
             return Ok(None);
         };
         e.state = State::Running;
@@ -403,7 +463,10 @@ fn mark_running(registry: &Registry, mut entry: Entry) -> Result<Entry> {
             entry.state = State::Stopped;
             Err(Failure::new(
                 Code::Error,
-                format!("agent `{}` was stopped or removed while it started", entry.agent),
+                format!(
+                    "agent `{}` was stopped or removed while it started",
+                    entry.agent
+                ),
             )
             .into())
         }
@@ -413,7 +476,10 @@ fn mark_running(registry: &Registry, mut entry: Entry) -> Result<Entry> {
 /// Runs `change` on this spawn's entry under the registry lock.
 fn record(registry: &Registry, entry: &Entry, change: impl FnOnce(&mut Entry)) -> Result<()> {
     registry.update(|s| {
-        if let Some(e) = s.find_mut(&entry.project, &entry.agent).filter(|e| e.token == entry.token) {
+        if let Some(e) = s
+            .find_mut(&entry.project, &entry.agent)
+            .filter(|e| e.token == entry.token)
+        {
             change(e);
         }
         Ok(())
@@ -432,7 +498,12 @@ fn roll_back(
     let mut err = err;
     if let Some(worktree) = &made.worktree {
         let branch = worktree.created_branch.then_some(worktree.branch.as_str());
-        let removed = git::remove_worktree(&plan.project, &admin_name(&plan.agent), &worktree.path, branch);
+        let removed = git::remove_worktree(
+            &plan.project,
+            &admin_name(&plan.agent),
+            &worktree.path,
+            branch,
+        );
         if let Err(undo) = removed {
             err = err.context(format!(
                 "and the new worktree `{}` could not be removed: {undo}",
@@ -442,7 +513,9 @@ fn roll_back(
     }
 
     let released = registry.update(|s| {
-        if s.find(&plan.project.id, &plan.agent).is_some_and(|e| e.token == token) {
+        if s.find(&plan.project.id, &plan.agent)
+            .is_some_and(|e| e.token == token)
+        {
             s.remove(&plan.project.id, &plan.agent);
             if let Some(mut old) = previous {
                 if old.state.is_active() {
@@ -454,7 +527,9 @@ fn roll_back(
         Ok(())
     });
     if let Err(undo) = released {
-        err = err.context(format!("and the port reservation could not be released: {undo:#}"));
+        err = err.context(format!(
+            "and the port reservation could not be released: {undo:#}"
+        ));
     }
     err
 }
@@ -487,14 +562,19 @@ fn set_up(plan: &SpawnPlan, entry: &Entry) -> Result<()> {
 
 fn copy_into(from: &Path, to: &Path) -> Result<()> {
     if !from.exists() {
-        output::warn(&format!("`setup.copy`: `{}` does not exist; skipped", from.display()));
+        output::warn(&format!(
+            "`setup.copy`: `{}` does not exist; skipped",
+            from.display()
+        ));
         return Ok(());
     }
     if let Some(parent) = to.parent() {
         fs_err::create_dir_all(parent)?;
     }
     if from.is_dir() {
-        let options = fs_extra::dir::CopyOptions::new().overwrite(true).copy_inside(true);
+        let options = fs_extra::dir::CopyOptions::new()
+            .overwrite(true)
+            .copy_inside(true);
         fs_extra::dir::copy(from, to, &options)
             .with_context(|| format!("cannot copy `{}` to `{}`", from.display(), to.display()))?;
     } else {
@@ -505,7 +585,10 @@ fn copy_into(from: &Path, to: &Path) -> Result<()> {
 
 fn link_into(from: &Path, to: &Path) -> Result<()> {
     if !from.exists() {
-        output::warn(&format!("`setup.link`: `{}` does not exist; skipped", from.display()));
+        output::warn(&format!(
+            "`setup.link`: `{}` does not exist; skipped",
+            from.display()
+        ));
         return Ok(());
     }
     if to.symlink_metadata().is_ok() {
@@ -519,7 +602,10 @@ fn link_into(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn run_setup(plan: &SpawnPlan, entry: &Entry, command: &str) -> Result<()> {
-    let log = fs_err::OpenOptions::new().create(true).append(true).open(&entry.log)?;
+    let log = fs_err::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&entry.log)?;
     let (log, _) = log.into_parts();
     let stderr = log.try_clone().context("cannot duplicate the log file")?;
     let status = std::process::Command::new("sh")
@@ -617,7 +703,9 @@ fn log_tail(log: &Path, offset: u64, lines: usize) -> String {
 
 fn is_addr_in_use(log: &str) -> bool {
     let lower = log.to_ascii_lowercase();
-    lower.contains("eaddrinuse") || lower.contains("address already in use") || lower.contains("address in use")
+    lower.contains("eaddrinuse")
+        || lower.contains("address already in use")
+        || lower.contains("address in use")
 }
 
 fn new_token() -> String {
@@ -645,7 +733,9 @@ mod tests {
 
     #[test]
     fn address_in_use_is_recognised() {
-        assert!(is_addr_in_use("Error: listen EADDRINUSE: address already in use :::5173"));
+        assert!(is_addr_in_use(
+            "Error: listen EADDRINUSE: address already in use :::5173"
+        ));
         assert!(is_addr_in_use("OSError: [Errno 98] Address already in use"));
         assert!(!is_addr_in_use("listening on 5173"));
     }

@@ -60,14 +60,21 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
 }
 
 fn find(registry: &Registry, project: &Project, agent: &str) -> Result<Entry> {
-    registry.load()?.find(&project.id, agent).cloned().ok_or_else(|| {
-        Failure::new(
-            Code::NoInstance,
-            format!("agent `{agent}` has no instance in `{}`", project.root.display()),
-        )
-        .with_hint("`devserver list` shows the instances of this repository")
-        .into()
-    })
+    registry
+        .load()?
+        .find(&project.id, agent)
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                Code::NoInstance,
+                format!(
+                    "agent `{agent}` has no instance in `{}`",
+                    project.root.display()
+                ),
+            )
+            .with_hint("`devserver list` shows the instances of this repository")
+            .into()
+        })
 }
 
 /// Stops the tree: through the monitor first, then directly.
@@ -80,13 +87,16 @@ fn end_tree(entry: &Entry, grace: Duration) -> Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
         if monitor.is_alive() {
-            output::warn(&format!("the monitor (pid {}) did not stop in time; killing it", monitor.pid));
+            output::warn(&format!(
+                "the monitor (pid {}) did not stop in time; killing it",
+                monitor.pid
+            ));
             let _ = monitor.signal(libc::SIGKILL);
         }
     }
 
     let outcome = process::stop_tree(&tree, grace);
-    if let Some(first) = outcome.survivors.first() {
+    if let (false, Some(first)) = (outcome.is_stopped(), outcome.survivors.first()) {
         return Err(Failure::new(
             Code::Error,
             format!(
@@ -97,7 +107,9 @@ fn end_tree(entry: &Entry, grace: Duration) -> Result<()> {
                 process::cmdline(first.pid).unwrap_or_default()
             ),
         )
-        .with_hint("a process in uninterruptible sleep cannot be killed until its I/O ends; try again")
+        .with_hint(
+            "a process in uninterruptible sleep cannot be killed until its I/O ends; try again",
+        )
         .into());
     }
     ensure_port_released(entry)

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::live_state;
-use crate::registry::{Entry, State};
+use crate::registry::Entry;
 
 /// One instance as reported. The field names are part of devserver's
 /// interface (documented in the README, pinned by tests).
@@ -46,15 +46,14 @@ impl View {
             worktree: entry.worktree.clone(),
             branch: entry.branch.clone(),
             started_at: entry.started_at.clone(),
-            uptime_secs: running.then(|| uptime(entry)).flatten().map(|d| d.as_secs()),
+            uptime_secs: running
+                .then(|| uptime(entry))
+                .flatten()
+                .map(|d| d.as_secs()),
             log: entry.log.clone(),
             exit_status: entry.exit_status.filter(|_| !running),
             note: entry.note.clone(),
         }
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.state == State::Running.as_str()
     }
 }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 use crate::harness::*;
 
 fn port_of(url: &str) -> u16 {
-    url.rsplit(':').next().and_then(|p| p.trim_matches('/').parse().ok()).expect("url has a port")
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_matches('/').parse().ok())
+        .expect("url has a port")
 }
 
 #[test]
@@ -20,7 +23,11 @@ fn eight_concurrent_spawns_get_distinct_ports_and_healthy_servers() {
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("wait");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
         .collect();
@@ -46,7 +53,10 @@ fn a_change_in_one_worktree_shows_only_at_that_agents_url() {
     assert_eq!(get(&b).as_deref(), Some("<h1>main</h1>\n"));
     let branch = git_in(&world.worktree("a"), &["rev-parse", "--abbrev-ref", "HEAD"]);
     assert_eq!(branch.trim(), "devserver/a");
-    assert!(!world.worktree("a").starts_with(&world.repo), "worktrees live outside the checkout");
+    assert!(
+        !world.worktree("a").starts_with(&world.repo),
+        "worktrees live outside the checkout"
+    );
 }
 
 #[test]
@@ -55,7 +65,10 @@ fn spawning_a_running_agent_returns_the_same_instance() {
     let first = world.spawn("a");
     let pid = world.status("a")["pid"].clone();
 
-    let again = world.ds(&["spawn", "--agent", "a"]).ok().stderr_has(&["already running"]);
+    let again = world
+        .ds(&["spawn", "--agent", "a"])
+        .ok()
+        .stderr_has(&["already running"]);
     assert_eq!(again.stdout.trim(), first);
     assert_eq!(world.status("a")["pid"], pid);
     assert_eq!(world.list().len(), 1);
@@ -70,7 +83,11 @@ fn two_spawns_of_one_agent_at_once_make_one_instance() {
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("wait");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         })
         .collect();
@@ -114,7 +131,10 @@ fn a_port_held_by_an_outsider_is_skipped(#[case] host: &str) {
 #[test]
 fn running_out_of_ports_is_exit_6() {
     let low = free_port_pair();
-    let world = World::with_config(&format!("command: {}\nports:\n  range: {low}-{low}\n", server("")));
+    let world = World::with_config(&format!(
+        "command: {}\nports:\n  range: {low}-{low}\n",
+        server("")
+    ));
     world.spawn("a");
     world
         .ds(&["spawn", "--agent", "b"])
@@ -128,7 +148,10 @@ fn running_out_of_ports_is_exit_6() {
 fn an_explicit_port_is_used_or_refused() {
     let low = free_port_pair();
     let world = World::new();
-    let url = world.ds(&["spawn", "--agent", "a", "--port", &low.to_string()]).ok().stdout;
+    let url = world
+        .ds(&["spawn", "--agent", "a", "--port", &low.to_string()])
+        .ok()
+        .stdout;
     assert_eq!(port_of(url.trim()), low);
     world
         .ds(&["spawn", "--agent", "b", "--port", &low.to_string()])
@@ -159,7 +182,11 @@ fn c28_a_server_that_exits_at_once_fails_fast_with_its_log() {
 fn c28_ready_is_only_reported_once_the_port_really_answers() {
     let world = World::with_config(&format!("command: {}\n", server("--ready-early --delay 2")));
     let out = world.ds(&["spawn", "--agent", "a"]).ok();
-    assert!(out.took >= Duration::from_secs(2), "healthy before it bound: {:?}", out.took);
+    assert!(
+        out.took >= Duration::from_secs(2),
+        "healthy before it bound: {:?}",
+        out.took
+    );
     assert!(get(out.stdout.trim()).is_some());
 }
 
@@ -178,10 +205,20 @@ fn a_server_that_never_listens_times_out_and_leaves_nothing() {
 
 #[test]
 fn a_failing_setup_command_leaves_no_worktree_branch_or_entry() {
-    let world = World::with_config(&format!("command: {}\nsetup:\n  run: [\"exit 9\"]\n", server("")));
-    world.ds(&["spawn", "--agent", "a"]).run().code(1).stderr_has(&["exit 9"]);
+    let world = World::with_config(&format!(
+        "command: {}\nsetup:\n  run: [\"exit 9\"]\n",
+        server("")
+    ));
+    world
+        .ds(&["spawn", "--agent", "a"])
+        .run()
+        .code(1)
+        .stderr_has(&["exit 9"]);
     assert!(!world.worktree("a").exists());
-    assert!(world.git(&["branch", "--list", "devserver/*"]).trim().is_empty());
+    assert!(world
+        .git(&["branch", "--list", "devserver/*"])
+        .trim()
+        .is_empty());
     assert!(!world.repo.join(".git/worktrees/devserver-a").exists());
     assert!(world.list().is_empty());
 }
@@ -197,9 +234,22 @@ fn setup_copies_links_and_runs_in_a_new_worktree() {
     world.spawn("a");
 
     let wt = world.worktree("a");
-    assert_eq!(fs_err::read_to_string(wt.join(".env")).expect("copied"), "SECRET=1\n");
-    assert!(wt.join("shared").symlink_metadata().expect("linked").file_type().is_symlink());
-    assert_eq!(fs_err::read_to_string(wt.join("setup.txt")).expect("ran").trim(), "a");
+    assert_eq!(
+        fs_err::read_to_string(wt.join(".env")).expect("copied"),
+        "SECRET=1\n"
+    );
+    assert!(wt
+        .join("shared")
+        .symlink_metadata()
+        .expect("linked")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        fs_err::read_to_string(wt.join("setup.txt"))
+            .expect("ran")
+            .trim(),
+        "a"
+    );
 }
 
 #[test]
@@ -225,10 +275,16 @@ fn base_and_branch_choose_what_the_worktree_checks_out() {
     world.commit("feature");
     world.git(&["checkout", "-q", "main"]);
 
-    let from_base = world.ds(&["spawn", "--agent", "a", "--base", "feature"]).ok().stdout;
+    let from_base = world
+        .ds(&["spawn", "--agent", "a", "--base", "feature"])
+        .ok()
+        .stdout;
     assert_eq!(get(from_base.trim()).as_deref(), Some("<h1>feature</h1>\n"));
 
-    let on_branch = world.ds(&["spawn", "--agent", "b", "--branch", "feature"]).ok().stdout;
+    let on_branch = world
+        .ds(&["spawn", "--agent", "b", "--branch", "feature"])
+        .ok()
+        .stdout;
     assert_eq!(get(on_branch.trim()).as_deref(), Some("<h1>feature</h1>\n"));
     assert_eq!(world.status("b")["branch"], "feature");
 }
@@ -242,7 +298,13 @@ fn submodules_are_initialised_in_a_new_worktree() {
     fs_err::write(lib.join("lib.txt"), "from the submodule\n").expect("write");
     git_in(&lib, &["add", "-A"]);
     git_in(&lib, &["commit", "-q", "-m", "lib"]);
-    world.git(&["submodule", "add", "-q", lib.to_str().expect("utf-8"), "vendor/lib"]);
+    world.git(&[
+        "submodule",
+        "add",
+        "-q",
+        lib.to_str().expect("utf-8"),
+        "vendor/lib",
+    ]);
     world.commit("add submodule");
 
     world.spawn("a");
@@ -255,7 +317,12 @@ fn logs_show_the_servers_output() {
     let world = World::new();
     let url = world.spawn("a");
     let out = world.ds(&["logs", "--agent", "a"]).ok();
-    assert!(out.stdout.contains(&format!("listening on {}", port_of(&url))), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("listening on {}", port_of(&url))),
+        "{}",
+        out.stdout
+    );
     let one = world.ds(&["logs", "--agent", "a", "--lines", "1"]).ok();
     assert_eq!(one.stdout.lines().count(), 1);
 }
@@ -266,8 +333,17 @@ fn the_server_survives_the_cli_and_its_session() {
     let url = world.spawn("a");
     let pid = world.status("a")["pid"].as_u64().expect("pid") as u32;
     let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
-    assert_eq!(fields[3], pid.to_string(), "the server leads its own session");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "the server leads its own session"
+    );
     assert_eq!(fields[2], pid.to_string(), "and its own process group");
     assert_ne!(fields[3], std::process::id().to_string());
     assert!(get(&url).is_some());
@@ -278,11 +354,15 @@ fn list_checks_state_live() {
     let world = World::new();
     world.spawn("a");
     let pid = world.status("a")["pid"].as_u64().expect("pid") as i32;
-    let monitor = world.registry()["instances"][0]["monitor"]["pid"].as_u64().expect("monitor") as i32;
+    let monitor = world.registry()["instances"][0]["monitor"]["pid"]
+        .as_u64()
+        .expect("monitor") as i32;
     // SAFETY: plain kill of processes this test started.
     unsafe {
         libc::kill(monitor, libc::SIGKILL);
         libc::kill(-pid, libc::SIGKILL);
     }
-    assert!(wait_until(Duration::from_secs(5), || world.list()[0]["state"] == "exited"));
+    assert!(wait_until(Duration::from_secs(5), || world.list()[0]
+        ["state"]
+        == "exited"));
 }

@@ -11,7 +11,13 @@ fn vite_app() -> std::path::PathBuf {
 }
 
 fn copy_app(to: &Path) {
-    for name in ["index.html", "main.js", "package.json", "package-lock.json", "vite.config.js"] {
+    for name in [
+        "index.html",
+        "main.js",
+        "package.json",
+        "package-lock.json",
+        "vite.config.js",
+    ] {
         fs_err::copy(vite_app().join(name), to.join(name)).expect("copy fixture");
     }
 }
@@ -28,7 +34,11 @@ fn c09_npm_run_dev_is_spawned_served_and_stopped_with_no_node_left() {
     copy_app(&world.repo);
     world.write(".gitignore", "node_modules/\n");
     world.commit("vite app");
-    std::os::unix::fs::symlink(vite_app().join("node_modules"), world.repo.join("node_modules")).expect("link");
+    std::os::unix::fs::symlink(
+        vite_app().join("node_modules"),
+        world.repo.join("node_modules"),
+    )
+    .expect("link");
 
     let a = world.spawn("a");
     let b = world.spawn("b");
@@ -43,7 +53,15 @@ fn c09_npm_run_dev_is_spawned_served_and_stopped_with_no_node_left() {
     assert!(page_b.contains("<h1 id=\"agent\">b</h1>"), "{page_b}");
 
     world.ds(&["stop", "--all"]).ok();
-    assert!(!port_answers(a.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")));
+    assert!(!port_answers(
+        a.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    ));
     assert_no_processes_under(world.tmp.path());
-    assert!(wait_until(Duration::from_secs(3), || processes_under(world.tmp.path()).is_empty()));
+    assert!(wait_until(Duration::from_secs(3), || processes_under(
+        world.tmp.path()
+    )
+    .is_empty()));
 }
