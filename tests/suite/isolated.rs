@@ -366,3 +366,93 @@ fn list_checks_state_live() {
         ["state"]
         == "exited"));
 }
+
+/// Waits until the agent's entry is reserved and returns its port.
+fn reserved_port(world: &World, agent: &str) -> u16 {
+    let mut port = 0;
+    let found = wait_until(Duration::from_secs(10), || {
+        let Ok(text) = fs_err::read_to_string(world.home.join("registry.json")) else {
+            return false;
+        };
+        let registry: serde_json::Value = serde_json::from_str(&text).expect("parses");
+        let entry = registry["instances"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| e["agent"] == agent).cloned());
+        port = entry.and_then(|e| e["port"].as_u64()).unwrap_or(0) as u16;
+        port != 0
+    });
+    assert!(found, "no reservation for {agent}");
+    port
+}
+
+#[rstest::rstest]
+#[case::server_fails_with_address_in_use("", "127.0.0.1")]
+#[case::outsider_answers_instead_of_the_server("--host ::1", "[::1]")]
+fn c02_a_port_taken_during_warm_up_moves_the_spawn_to_another_port(
+    #[case] options: &str,
+    #[case] host: &str,
+) {
+    let world = World::with_config(&format!(
+        "command: {}\nurl: http://{host}:{{port}}\n",
+        server(&format!("--delay 1.5 {options}"))
+    ));
+    let spawn = world.ds(&["spawn", "--agent", "a"]).start();
+    let port = reserved_port(&world, "a");
+    let outsider = std::net::TcpListener::bind(("127.0.0.1", port)).expect("outsider binds");
+    std::thread::spawn(move || {
+        for stream in outsider.incoming().flatten() {
+            use std::io::Write;
+            let mut stream = stream;
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\noutsider");
+        }
+    });
+
+    let out = spawn.wait_with_output().expect("spawn ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("trying another port"), "{stderr}");
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(port_of(&url), port);
+    assert_eq!(get(&url).as_deref(), Some("<h1>main</h1>\n"));
+    assert_eq!(
+        world.status("a")["port"].as_u64(),
+        Some(u64::from(port_of(&url)))
+    );
+}
+
+#[test]
+fn c03_a_host_without_ipv6_still_works() {
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1",
+        ])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot make a network namespace here (needs root, unshare and ip)");
+        return;
+    }
+    let world = World::new();
+    let script = format!(
+        "ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 && \
+         url=$({BIN} spawn --agent a) && {py} -c 'import sys,urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \"$url\" && \
+         {BIN} stop --agent a",
+        py = python()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .current_dir(&world.repo)
+        .env("DEVSERVER_HOME", &world.home)
+        .env("HOME", world.tmp.path())
+        .output()
+        .expect("unshare runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("<h1>main</h1>"), "{stdout}");
+}
