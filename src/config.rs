@@ -183,9 +183,36 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
     let file: FileConfig = if text.trim().is_empty() {
         FileConfig::default()
     } else {
-        serde_yaml::from_str(text).map_err(|err| invalid(path, &err.to_string()))?
+        serde_yaml::from_str(text).map_err(|err| invalid(path, &with_line(&err, text)))?
     };
     resolve(file, path)
+}
+
+/// The parser's message, with the line added where serde_yaml leaves it out
+/// (it does for an error at the very start of the document).
+fn with_line(err: &serde_yaml::Error, text: &str) -> String {
+    let message = err.to_string();
+    if message.contains(" line ") {
+        return message;
+    }
+    if let Some(at) = err.location() {
+        return format!("{message} at line {} column {}", at.line(), at.column());
+    }
+    let key = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let line = key.and_then(|key| {
+        text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+    });
+    match line {
+        Some(index) => format!("{message} at line {}", index + 1),
+        None => message,
+    }
 }
 
 fn invalid(path: &Path, detail: &str) -> anyhow::Error {
@@ -408,6 +435,12 @@ mod tests {
         assert!(msg.contains("devserver.yaml"), "{msg}");
         assert!(msg.contains("htp"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_on_the_first_line_names_line_1() {
+        let msg = parse_err("comand: x\n");
+        assert!(msg.contains("line 1"), "{msg}");
     }
 
     #[test]

@@ -332,6 +332,11 @@ pub fn branch_exists(project: &Project, name: &str) -> bool {
 /// not count: nothing has it checked out.
 #[must_use]
 pub fn checked_out_at(project: &Project, branch: &str) -> Option<PathBuf> {
+    checked_out_except(project, branch, None)
+}
+
+/// Like [`checked_out_at`], ignoring the admin entry named `except`.
+fn checked_out_except(project: &Project, branch: &str, except: Option<&str>) -> Option<PathBuf> {
     let refname = format!("refs/heads/{branch}");
     if !project.is_bare && admin_branches(&project.id).contains(&refname) {
         return Some(project.root.clone());
@@ -340,6 +345,7 @@ pub fn checked_out_at(project: &Project, branch: &str) -> Option<PathBuf> {
     let entries = fs_err::read_dir(project.id.join("worktrees")).ok()?;
     entries
         .filter_map(Result::ok)
+        .filter(|entry| except.is_none_or(|name| entry.file_name() != name))
         .map(|entry| entry.path())
         .find(|admin| admin_branches(admin).contains(&refname))
         .map(|admin| recorded_worktree(&admin).unwrap_or(admin))
@@ -545,7 +551,7 @@ fn create_worktree(
     // From here on, anything at the path or the admin entry is ours: both were checked absent,
     // and libgit2 can fail after creating them (libgit2 #4977).
     rollback.worktree_started = true;
-    add_worktree(repo, &req.admin_name, path, &branch)?;
+    add_worktree(repo, project, &req.admin_name, path, &branch)?;
 
     update_submodules(path)?;
 
@@ -624,6 +630,7 @@ fn missing_ancestors(path: &Path) -> Vec<PathBuf> {
 
 fn add_worktree(
     repo: &Repository,
+    project: &Project,
     admin_name: &str,
     path: &Path,
     branch: &str,
@@ -639,12 +646,42 @@ fn add_worktree(
         .during(action)?
         .into_reference();
 
+    // libgit2 creates `<common dir>/worktrees` with a plain mkdir and fails
+    // when a concurrent add made it first; making it here avoids that race.
+    let admins = repo.commondir().join("worktrees");
+    fs_err::create_dir_all(&admins)?;
+
     let mut options = WorktreeAddOptions::new();
     options.reference(Some(&reference));
-    repo.worktree(admin_name, path, Some(&options))
-        .during(action)?;
+    for attempt in 1.. {
+        let added = repo.worktree(admin_name, path, Some(&options));
+        let Err(err) = added else {
+            return Ok(());
+        };
+        // libgit2 1.9 takes another add's half-made admin entry for a
+        // worktree that has the branch checked out (its worktree iteration
+        // turns a failed lookup into a match). Our own check tells the two
+        // apart; on a false alarm, clean up and try again shortly.
+        let spurious = err.message().contains("already checked out")
+            && attempt < ADD_ATTEMPTS
+            && checked_out_except(project, branch, Some(admin_name)).is_none();
+        if !spurious {
+            return Err(err).during(action);
+        }
+        tracing::debug!(
+            attempt,
+            branch,
+            "libgit2 reported a spurious checkout conflict; retrying"
+        );
+        remove_dir_logged(path);
+        remove_dir_logged(&admins.join(admin_name));
+        std::thread::sleep(std::time::Duration::from_millis(10 * attempt as u64));
+    }
     Ok(())
 }
+
+/// How often a worktree add is retried after a spurious "already checked out".
+const ADD_ATTEMPTS: usize = 20;
 
 /// Undoes a half-finished [`ensure_worktree`] when dropped, unless disarmed.
 ///
@@ -693,7 +730,8 @@ impl<'r> Rollback<'r> {
         // `remove_dir` only removes empty directories, so nothing put there meanwhile is lost.
         for dir in self.parents.iter().rev().filter(|dir| exists(dir)) {
             if let Err(err) = fs_err::remove_dir(dir) {
-                tracing::warn!(error = %err, "could not remove a parent directory created for a worktree");
+                // Not empty: another agent's worktree is there now. Keep it.
+                tracing::debug!(error = %err, "kept a parent directory created for a worktree");
                 break;
             }
         }

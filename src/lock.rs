@@ -122,25 +122,58 @@ fn read_holder(path: &Path) -> Option<Holder> {
 }
 
 fn describe_holder(path: &Path) -> String {
-    let Some(holder) = read_holder(path) else {
+    let note = read_holder(path);
+    let Some(pid) = kernel_holder(path).or(note.as_ref().map(|n| n.pid)) else {
         return "an unknown process".into();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
+
+    // The note is only trusted when it names the process the kernel says
+    // holds the lock (or when the kernel's table cannot be read).
+    let note = note.filter(|n| n.pid == pid);
+    let command = note
+        .as_ref()
+        .map(|n| n.command.clone())
+        .or_else(|| process::cmdline(pid))
         .unwrap_or_default();
-    let age = Duration::from_millis(now.saturating_sub(holder.since_ms) as u64);
-    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
-    let alive = ProcRef {
-        pid: holder.pid,
-        start_time: holder.start_time,
-    }
-    .is_alive();
-    let state = if alive { "" } else { " (no longer running)" };
-    format!(
-        "pid {}{state} (`{}`), holding it for {age}",
-        holder.pid, holder.command
-    )
+    let age = note.as_ref().map_or_else(String::new, |n| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let held = Duration::from_secs((now.saturating_sub(n.since_ms) / 1000) as u64);
+        format!(", holding it for {}", humantime::format_duration(held))
+    });
+    format!("pid {pid} (`{command}`){age}")
+}
+
+/// The pid that holds the flock on `path`, from the kernel's `/proc/locks`.
+fn kernel_holder(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+
+    let meta = fs_err::metadata(path).ok()?;
+    let dev = meta.dev();
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let table = fs_err::read_to_string("/proc/locks").ok()?;
+    parse_locks(&table, &wanted)
+}
+
+/// Finds the holder (not a waiter, marked `->`) of the lock on `device_inode`.
+fn parse_locks(table: &str, device_inode: &str) -> Option<u32> {
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_holder = fields.get(1).is_some_and(|f| *f != "->");
+        let matches = fields.get(5) == Some(&device_inode);
+        if is_holder && matches {
+            fields.get(4)?.parse().ok()
+        } else {
+            None
+        }
+    })
 }
 
 fn timeout_error(path: &Path, what: &str, timeout: Duration) -> anyhow::Error {
@@ -165,6 +198,15 @@ pub fn path_in(dir: &Path, name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_lock_table_names_the_holder_not_waiters() {
+        let table = "1: -> FLOCK  ADVISORY  WRITE 300 08:01:77 0 EOF\n\
+                     1: FLOCK  ADVISORY  WRITE 200 08:01:77 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 100 08:01:78 0 EOF\n";
+        assert_eq!(parse_locks(table, "08:01:77"), Some(200));
+        assert_eq!(parse_locks(table, "08:01:79"), None);
+    }
 
     #[test]
     fn note_round_trips() {

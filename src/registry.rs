@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Code, Failure};
 use crate::lock::{self, FileLock};
-use crate::process::{ProcRef, TreeSpec};
+use crate::process::{self, ProcRef, TreeSpec};
 
 /// The registry format this build reads and writes.
 const VERSION: u32 = 1;
@@ -124,7 +124,7 @@ impl Entry {
     pub fn tree(&self) -> TreeSpec {
         TreeSpec {
             root: self.monitor,
-            sid: self.server.map(|s| s.pid),
+            sid: self.server.filter(is_own_session).map(|s| s.pid),
             marker: Some(format!("DEVSERVER_INSTANCE={}", self.token)),
             since: self.monitor.or(self.server).map_or(0, |p| p.start_time),
         }
@@ -133,6 +133,14 @@ impl Entry {
     pub fn is(&self, project: &Path, agent: &str) -> bool {
         self.project == project && self.agent == agent
     }
+}
+
+/// Whether the session the server led may still be ours. Linux does not hand
+/// out a pid while a session or group of that id exists, so a live process
+/// with the server's pid but another start time means the session is gone and
+/// the id belongs to someone else now.
+fn is_own_session(server: &ProcRef) -> bool {
+    process::stat(server.pid).is_none_or(|now| now.start_time == server.start_time)
 }
 
 /// The whole registry file.
@@ -222,6 +230,13 @@ impl Registry {
         }
     }
 
+    /// Reads the registry for a command that is about to change it: under
+    /// the lock, so a corrupt file is set aside and the previous version
+    /// restored (see [`Registry::update`]) instead of failing.
+    pub fn load_for_write(&self) -> Result<Snapshot> {
+        self.update(|snapshot| Ok(snapshot.clone()))
+    }
+
     /// Runs `change` on the registry under the exclusive lock and writes the
     /// result if it changed. `change` must be quick: no process spawning, no
     /// waiting. The lock is released when this returns.
@@ -231,12 +246,12 @@ impl Registry {
             self.lock_timeout,
             "the registry lock",
         )?;
-        let mut snapshot = self.load_for_update()?;
+        let (mut snapshot, restored) = self.load_for_update()?;
         let before = snapshot.clone();
 
         let out = change(&mut snapshot)?;
 
-        if snapshot != before {
+        if restored || snapshot != before {
             self.write(&snapshot)?;
         }
         Ok(out)
@@ -244,13 +259,14 @@ impl Registry {
 
     /// Reads under the lock, setting a corrupt file aside and falling back to
     /// the previous version. Never turns a corrupt file into an empty one.
-    fn load_for_update(&self) -> Result<Snapshot> {
+    /// Returns the snapshot and whether it was restored (and must be written).
+    fn load_for_update(&self) -> Result<(Snapshot, bool)> {
         let path = self.file();
         let Some(bytes) = read_bytes(&path)? else {
-            return Ok(empty());
+            return Ok((empty(), false));
         };
         let detail = match decode(&bytes) {
-            Ok(snapshot) => return Ok(snapshot),
+            Ok(snapshot) => return Ok((snapshot, false)),
             Err(detail) => detail,
         };
 
@@ -276,7 +292,7 @@ impl Registry {
             aside.display(),
             restored.instances.len()
         ));
-        Ok(restored)
+        Ok((restored, true))
     }
 
     fn corrupt_error(&self, path: &Path, detail: &str) -> anyhow::Error {
@@ -285,7 +301,7 @@ impl Registry {
             format!("registry `{}` is corrupt: {detail}", path.display()),
         )
         .with_hint(format!(
-            "the previous version is kept in `{}`; `devserver gc` moves the corrupt file aside and restores it",
+            "the previous version is kept in `{}`; the next command that changes the registry (`spawn`, `stop`) moves the corrupt file aside and restores it",
             self.backup().display()
         ))
         .into()

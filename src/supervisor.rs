@@ -318,6 +318,7 @@ fn record_end(registry: &Registry, spec: &LaunchSpec, outcome: &Outcome, log: &R
         };
         entry.exit_status = outcome.status;
         entry.monitor = None;
+        entry.server = None;
         Ok(())
     });
     if let Err(err) = recorded {

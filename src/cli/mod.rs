@@ -69,7 +69,8 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct AgentArg {
     /// The agent's ID (letters, digits, `.`, `_`, `-`).
-    #[arg(long, short = 'a', env = "DEVSERVER_AGENT", value_parser = crate::agent::parse)]
+    #[arg(long, short = 'a', env = "DEVSERVER_AGENT", value_parser = crate::agent::parse,
+        allow_hyphen_values = true)]
     pub agent: String,
 }
 

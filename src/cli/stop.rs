@@ -26,6 +26,7 @@ pub struct Args {
         short = 'a',
         env = "DEVSERVER_AGENT",
         value_parser = crate::agent::parse,
+        allow_hyphen_values = true,
         required_unless_present = "all",
         conflicts_with = "all"
     )]

@@ -77,7 +77,7 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
 
 /// The running instance of the agent, if there is a healthy one.
 fn existing(registry: &Registry, plan: &SpawnPlan) -> Result<Option<Entry>> {
-    let snapshot = registry.load()?;
+    let snapshot = registry.load_for_write()?;
     let Some(entry) = snapshot.find(&plan.project.id, &plan.agent) else {
         return Ok(None);
     };
@@ -228,6 +228,7 @@ fn ensure_port_available(port: u16, holders: &[&Entry]) -> Result<u16> {
 #[derive(Default)]
 struct Made {
     worktree: Option<git::Worktree>,
+    admin_name: String,
 }
 
 fn start(
@@ -245,6 +246,7 @@ fn start(
         .with_context(|| format!("cannot prepare the worktree `{}`", request.path.display()))?;
     if worktree.created {
         made.worktree = Some(worktree.clone());
+        made.admin_name.clone_from(&entry.admin_name);
     }
     entry.branch.clone_from(&worktree.branch);
     entry.created_worktree |= worktree.created;
@@ -486,7 +488,8 @@ fn record(registry: &Registry, entry: &Entry, change: impl FnOnce(&mut Entry)) -
     })
 }
 
-/// Undoes a failed spawn and returns its error, with what was undone.
+/// Undoes a failed spawn and returns its error. A step of the undo that
+/// fails is reported as a warning; the spawn's own error stays the error.
 fn roll_back(
     registry: &Registry,
     plan: &SpawnPlan,
@@ -495,18 +498,27 @@ fn roll_back(
     token: &str,
     err: anyhow::Error,
 ) -> anyhow::Error {
-    let mut err = err;
+    // Whatever this spawn started, found by its marker alone: a failure after
+    // the server started (a lock timeout, say) must not leave it running.
+    let tree = TreeSpec {
+        marker: Some(format!("DEVSERVER_INSTANCE={token}")),
+        ..TreeSpec::default()
+    };
+    let stopped = process::stop_tree(&tree, plan.settings.stop_grace);
+    if let Some(survivor) = stopped.survivors.first() {
+        output::warn(&format!(
+            "pid {} of the failed spawn survived SIGKILL",
+            survivor.pid
+        ));
+    }
+
     if let Some(worktree) = &made.worktree {
         let branch = worktree.created_branch.then_some(worktree.branch.as_str());
-        let removed = git::remove_worktree(
-            &plan.project,
-            &admin_name(&plan.agent),
-            &worktree.path,
-            branch,
-        );
-        if let Err(undo) = removed {
-            err = err.context(format!(
-                "and the new worktree `{}` could not be removed: {undo}",
+        if let Err(undo) =
+            git::remove_worktree(&plan.project, &made.admin_name, &worktree.path, branch)
+        {
+            output::warn(&format!(
+                "the new worktree `{}` could not be removed: {undo}",
                 worktree.path.display()
             ));
         }
@@ -527,8 +539,8 @@ fn roll_back(
         Ok(())
     });
     if let Err(undo) = released {
-        err = err.context(format!(
-            "and the port reservation could not be released: {undo:#}"
+        output::warn(&format!(
+            "the port reservation could not be released now ({undo:#}); it lapses by itself, since its spawn has ended"
         ));
     }
     err

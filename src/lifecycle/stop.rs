@@ -38,7 +38,7 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
 
     // Read again under the instance lock: a spawn may have just finished.
     let entry = find(registry, project, agent)?;
-    let was_running = entry.state.is_active() || process::is_tree_alive(&entry.tree());
+    let was_running = super::is_alive(&entry) || process::is_tree_alive(&entry.tree());
     if was_running {
         end_tree(&entry, grace)?;
     }
@@ -53,6 +53,7 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
             e.note = Some(note);
         }
         e.monitor = None;
+        e.server = None;
         e.spawner = None;
         Ok(e.clone())
     })?;
@@ -61,7 +62,7 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
 
 fn find(registry: &Registry, project: &Project, agent: &str) -> Result<Entry> {
     registry
-        .load()?
+        .load_for_write()?
         .find(&project.id, agent)
         .cloned()
         .ok_or_else(|| {
