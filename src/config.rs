@@ -44,6 +44,12 @@ pub struct Settings {
     pub stop_grace: Duration,
     pub lock_timeout: Duration,
     pub log_max_bytes: u64,
+    /// `mode: shared`: commands address the shared server by default.
+    pub shared: bool,
+    /// How long a shared server stays up after its last user leaves.
+    pub idle_grace: Duration,
+    /// How long a lease lasts unless renewed; `None` for ever.
+    pub lease_ttl: Option<Duration>,
 }
 
 /// How readiness is probed.
@@ -86,6 +92,11 @@ pub struct Setup {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     command: Option<String>,
+    mode: Option<FileMode>,
+    #[serde(default)]
+    shared: FileShared,
+    #[serde(default)]
+    lease: FileLease,
     cwd: Option<PathBuf>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -104,6 +115,27 @@ struct FileConfig {
     lock: FileLock,
     #[serde(default)]
     log: FileLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FileMode {
+    Isolated,
+    Shared,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShared {
+    #[serde(default, deserialize_with = "duration")]
+    idle_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLease {
+    #[serde(default, deserialize_with = "duration")]
+    ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -276,6 +308,13 @@ fn resolve(file: FileConfig, path: &Path) -> Result<Settings> {
         stop_grace: file.stop.grace.unwrap_or(Duration::from_secs(5)),
         lock_timeout: file.lock.timeout.unwrap_or(Duration::from_secs(30)),
         log_max_bytes,
+        shared: matches!(file.mode, Some(FileMode::Shared)),
+        idle_grace: file.shared.idle_grace.unwrap_or(Duration::from_secs(30)),
+        lease_ttl: match file.lease.ttl {
+            Some(ttl) if ttl.is_zero() => None,
+            Some(ttl) => Some(ttl),
+            None => Some(Duration::from_secs(4 * 3600)),
+        },
     })
 }
 
@@ -426,6 +465,18 @@ mod tests {
         assert_eq!(s.stop_grace, Duration::from_secs(5));
         assert_eq!(s.lock_timeout, Duration::from_secs(30));
         assert_eq!(s.cwd, PathBuf::from("."));
+        assert!(!s.shared);
+        assert_eq!(s.idle_grace, Duration::from_secs(30));
+        assert_eq!(s.lease_ttl, Some(Duration::from_secs(4 * 3600)));
+    }
+
+    #[test]
+    fn shared_mode_and_leases() {
+        let s = parse_ok("command: x\nmode: shared\nshared: {idle_grace: 0}\nlease: {ttl: 0}\n");
+        assert!(s.shared);
+        assert_eq!(s.idle_grace, Duration::ZERO);
+        assert_eq!(s.lease_ttl, None);
+        assert!(parse_err("command: x\nmode: both\n").contains("mode"));
     }
 
     /// Pins a deliberate decision: unknown keys are errors, not ignored.

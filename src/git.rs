@@ -518,6 +518,11 @@ fn reuse_worktree(path: &Path, admin_name: &str) -> Result<Worktree, GitError> {
     })
 }
 
+/// The branch checked out at `path` (or the commit id of a detached `HEAD`).
+pub fn head_name(path: &Path) -> Option<String> {
+    current_branch(&Repository::open(path).ok()?).ok()
+}
+
 /// The branch `HEAD` names (even if unborn), or the commit id of a detached `HEAD`.
 fn current_branch(repo: &Repository) -> Result<String, git2::Error> {
     let head = repo.find_reference("HEAD")?;

@@ -67,6 +67,23 @@ impl FileLock {
     }
 }
 
+impl FileLock {
+    /// Takes the lock on `path` if it is free right now; `None` if it is held.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>> {
+        let mut file = open_lock_file(path)?;
+        match file.file().try_lock() {
+            Ok(()) => {
+                write_note(&mut file);
+                Ok(Some(FileLock { _file: file }))
+            }
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(err)) => {
+                Err(err).with_context(|| format!("cannot lock `{}`", path.display()))
+            }
+        }
+    }
+}
+
 fn open_lock_file(path: &Path) -> Result<File> {
     // Opened for writing: NFSv4 refuses locks on read-only descriptors (C19).
     let file = OpenOptions::new()

@@ -75,7 +75,43 @@ impl State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// One agent's own worktree, port and server.
     Isolated,
+    /// One server in the main checkout for every agent, kept up by leases.
+    Shared,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Isolated => "isolated",
+            Mode::Shared => "shared",
+        }
+    }
+}
+
+/// The agent name under which a project's shared instance is recorded. It is
+/// not a valid agent ID, so it can never clash with one.
+pub const SHARED_AGENT: &str = "@shared";
+
+/// One user of a shared server. It counts while it has not expired and, when
+/// tied to a process, while that process lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub agent: String,
+    /// Unix seconds when the lease was taken.
+    pub since: u64,
+    /// Unix seconds when it expires; `None` never.
+    pub expires: Option<u64>,
+    /// The agent's own long-lived process, if the lease is tied to one.
+    pub pid: Option<ProcRef>,
+}
+
+impl Lease {
+    /// Whether the lease still counts at unix time `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.expires.is_none_or(|at| now < at) && self.pid.is_none_or(|p| p.is_alive())
+    }
 }
 
 /// One instance: an agent of a project, with its worktree, port and processes.
@@ -117,6 +153,15 @@ pub struct Entry {
     pub exit_status: Option<i32>,
     /// A note for the user about the last state change.
     pub note: Option<String>,
+    /// Shared mode: the users keeping the server up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<Lease>,
+    /// Shared mode: how long the server stays up after its last user left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_grace_ms: Option<u64>,
+    /// Shared mode: unix seconds when the last user left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<u64>,
 }
 
 impl Entry {
@@ -216,8 +261,12 @@ impl Registry {
     /// Takes the per-instance lock that serializes spawns and stops of one
     /// agent. Held for a whole spawn, so `timeout` should cover a warm-up.
     pub fn lock_instance(&self, key: &str, timeout: Duration) -> Result<FileLock> {
-        let path = lock::path_in(&self.dir.join("locks"), key);
-        FileLock::acquire(&path, timeout, "the instance lock")
+        FileLock::acquire(&self.instance_lock_path(key), timeout, "the instance lock")
+    }
+
+    /// The file behind [`Registry::lock_instance`].
+    pub fn instance_lock_path(&self, key: &str) -> PathBuf {
+        lock::path_in(&self.dir.join("locks"), key)
     }
 
     /// Reads the registry without locking. A missing file is an empty
@@ -386,7 +435,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs_err::File::open(dir)?.sync_all()
 }
 
-fn unix_secs() -> u64 {
+/// The current time in unix seconds.
+pub fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -493,6 +543,9 @@ mod tests {
             grace_ms: 100,
             exit_status: None,
             note: None,
+            users: Vec::new(),
+            idle_grace_ms: None,
+            idle_since: None,
         }
     }
 

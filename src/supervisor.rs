@@ -41,8 +41,9 @@ use anyhow::{Context, Result};
 use fs_err::os::unix::fs::OpenOptionsExt;
 use serde::{Deserialize, Serialize};
 
+use crate::lock::FileLock;
 use crate::process::{self, ProcRef, TreeSpec};
-use crate::registry::{Registry, State};
+use crate::registry::{unix_secs, Registry, State};
 
 /// Everything a monitor needs to start and supervise one server.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +59,8 @@ pub struct LaunchSpec {
     pub log: PathBuf,
     pub log_max_bytes: u64,
     pub grace_ms: u64,
+    /// The instance lock, taken before an idle shared server stops itself.
+    pub instance_lock: PathBuf,
 }
 
 /// Starts a detached monitor for `spec`. The returned child is the monitor;
@@ -124,7 +127,7 @@ pub fn run() -> Result<()> {
     };
     let recorded = record_start(&registry, &spec, me, server);
     let outcome = match recorded {
-        Ok(true) => supervise(&spec, &tree, server, &signals, &log),
+        Ok(true) => supervise(&spec, &registry, &tree, server, &signals, &log),
         Ok(false) => {
             log.note("the instance was removed from the registry before it started; stopping");
             stop(&tree, &spec, &log)
@@ -146,6 +149,10 @@ pub fn run() -> Result<()> {
 struct Outcome {
     requested: bool,
     status: Option<i32>,
+    /// Why the monitor stopped the tree on its own, for the registry.
+    note: Option<String>,
+    /// Held until the end is recorded, so no `use` sees a dying server.
+    _lock: Option<FileLock>,
 }
 
 fn start_server(spec: &LaunchSpec, writer: std::io::PipeWriter) -> Result<ProcRef> {
@@ -194,14 +201,25 @@ fn start_server(spec: &LaunchSpec, writer: std::io::PipeWriter) -> Result<ProcRe
 
 fn supervise(
     spec: &LaunchSpec,
+    registry: &Registry,
     tree: &TreeSpec,
     server: ProcRef,
     signals: &libc::sigset_t,
     log: &RotatingLog,
 ) -> Outcome {
     let mut status = None;
+    let mut idle = IdleWatch::default();
     loop {
-        let signal = wait_signal(signals, Duration::from_secs(1));
+        let signal = wait_signal(signals, TICK);
+        if signal.is_none() {
+            if let Some((lock, note)) = idle.check(spec, registry) {
+                log.note(&note);
+                let mut outcome = stop(tree, spec, log);
+                outcome.note = Some(note);
+                outcome._lock = Some(lock);
+                return outcome;
+            }
+        }
         if matches!(signal, Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP)) {
             log.note("stop requested");
             let mut outcome = stop(tree, spec, log);
@@ -216,6 +234,8 @@ fn supervise(
                 return Outcome {
                     requested: false,
                     status,
+                    note: None,
+                    _lock: None,
                 };
             }
         }
@@ -237,7 +257,62 @@ fn stop(tree: &TreeSpec, spec: &LaunchSpec, log: &RotatingLog) -> Outcome {
     Outcome {
         requested: true,
         status,
+        note: None,
+        _lock: None,
     }
+}
+
+/// How often the monitor wakes without a signal, to check its leases.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Notices when a shared server has had no live lease for its idle grace.
+#[derive(Default)]
+struct IdleWatch {
+    since: Option<std::time::Instant>,
+}
+
+impl IdleWatch {
+    /// The instance lock and the reason, when the server should stop now.
+    fn check(&mut self, spec: &LaunchSpec, registry: &Registry) -> Option<(FileLock, String)> {
+        let entry = registry
+            .load()
+            .ok()?
+            .find(&spec.project, &spec.agent)?
+            .clone();
+        let grace = Duration::from_millis(entry.idle_grace_ms?);
+        if entry.token != spec.token || has_live_users(&entry) {
+            self.since = None;
+            return None;
+        }
+
+        let noticed = *self.since.get_or_insert_with(std::time::Instant::now);
+        let released = entry
+            .idle_since
+            .map(|at| Duration::from_secs(unix_secs().saturating_sub(at)));
+        if noticed.elapsed().max(released.unwrap_or_default()) < grace {
+            return None;
+        }
+
+        // Under the instance lock, and only if still idle: a `use` that got
+        // in first keeps the server; one that comes later starts a new one.
+        let lock = FileLock::try_acquire(&spec.instance_lock).ok()??;
+        let latest = registry.load().ok()?;
+        let still_idle = latest
+            .find(&spec.project, &spec.agent)
+            .is_some_and(|e| e.token == spec.token && !has_live_users(e));
+        still_idle.then(|| {
+            let grace = humantime::format_duration(grace);
+            (
+                lock,
+                format!("stopped: no users for the idle grace of {grace}"),
+            )
+        })
+    }
+}
+
+fn has_live_users(entry: &crate::registry::Entry) -> bool {
+    let now = unix_secs();
+    entry.users.iter().any(|l| l.is_live(now))
 }
 
 enum Children {
@@ -316,6 +391,11 @@ fn record_end(registry: &Registry, spec: &LaunchSpec, outcome: &Outcome, log: &R
         } else {
             State::Exited
         };
+        if let Some(note) = &outcome.note {
+            entry.note = Some(note.clone());
+            entry.users.clear();
+            entry.idle_since = None;
+        }
         entry.exit_status = outcome.status;
         entry.monitor = None;
         entry.server = None;

@@ -130,7 +130,7 @@ impl Drop for World {
     /// Stops whatever a test left running, then checks nothing survived.
     fn drop(&mut self) {
         if self.home.join("registry.json").exists() {
-            let _ = self.ds(&["stop", "--all"]).run();
+            let _ = self.ds(&["stop", "--all", "--force"]).run();
         }
         kill_processes_under(self.tmp.path());
     }

@@ -7,10 +7,12 @@
 
 mod list;
 mod logs;
+mod release;
 mod spawn;
 mod status;
 mod stop;
 mod url;
+mod use_shared;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +50,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Address the shared server (one for every agent) instead of the agent's
+    /// own; the default when `devserver.yaml` says `mode: shared`.
+    #[arg(long, global = true)]
+    pub shared: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +62,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Spawn(spawn::Args),
+    Use(use_shared::Args),
+    Release(release::Args),
     Url(url::Args),
     List(list::Args),
     Status(status::Args),
@@ -74,11 +83,32 @@ pub struct AgentArg {
     pub agent: String,
 }
 
+/// `--agent` for commands where shared mode makes it optional.
+#[derive(Debug, clap::Args)]
+pub struct MaybeAgentArg {
+    /// The agent's ID (letters, digits, `.`, `_`, `-`); optional with `--shared`.
+    #[arg(long, short = 'a', env = "DEVSERVER_AGENT", value_parser = crate::agent::parse, allow_hyphen_values = true)]
+    pub agent: Option<String>,
+}
+
+impl MaybeAgentArg {
+    /// The agent, which isolated mode needs.
+    pub fn require(&self) -> Result<&str> {
+        self.agent.as_deref().ok_or_else(|| {
+            Failure::new(Code::Usage, "`--agent ID` is required")
+                .with_hint("name the agent with `--agent ID` or `DEVSERVER_AGENT`, or address the shared server with `--shared`")
+                .into()
+        })
+    }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let context = Context::new(&cli)?;
     match cli.command {
         Command::Spawn(args) => args.run(&context),
+        Command::Use(args) => args.run(&context),
+        Command::Release(args) => args.run(&context),
         Command::Url(args) => args.run(&context),
         Command::List(args) => args.run(&context),
         Command::Status(args) => args.run(&context),
@@ -89,10 +119,11 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// What every command resolves from the global options and the environment.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Context {
     dir: PathBuf,
     config: Option<PathBuf>,
+    pub shared: bool,
 }
 
 impl Context {
@@ -113,6 +144,7 @@ impl Context {
         Ok(Context {
             dir,
             config: cli.config.as_ref().map(|c| cwd.join(c)),
+            shared: cli.shared,
         })
     }
 
@@ -152,11 +184,33 @@ impl Context {
         let timeout = match lock_timeout_override()? {
             Some(timeout) => timeout,
             None => project
-                .and_then(|p| config::locate(&p.root, self.config.as_deref()))
-                .and_then(|path| config::load(&path).ok())
+                .and_then(|p| self.lenient_settings(p))
                 .map_or(Duration::from_secs(30), |s| s.lock_timeout),
         };
         Registry::open(&registry::default_dir()?, timeout)
+    }
+
+    /// Whether the command addresses the shared server: `--shared`, or
+    /// `mode: shared` in the config.
+    pub fn is_shared(&self, settings: &Settings) -> bool {
+        self.shared || settings.shared
+    }
+
+    /// [`Context::is_shared`] for commands that need no config: a config
+    /// that does not load counts as isolated.
+    pub fn is_shared_lenient(&self, project: &Project) -> bool {
+        self.shared || self.lenient_settings(project).is_some_and(|s| s.shared)
+    }
+
+    fn lenient_settings(&self, project: &Project) -> Option<Settings> {
+        let path = config::locate(&project.root, self.config.as_deref())?;
+        config::load(&path).ok()
+    }
+
+    /// The lease time-to-live of the project's config (default 4 h).
+    pub fn lease_ttl(&self, project: &Project) -> Option<Duration> {
+        self.lenient_settings(project)
+            .map_or(Some(Duration::from_secs(4 * 3600)), |s| s.lease_ttl)
     }
 
     /// The registry with the project's own settings.

@@ -2,14 +2,18 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use anyhow::Result;
 
 use super::{AgentArg, Context};
 use crate::config::{self, Settings};
 use crate::error::{Code, Failure};
 use crate::git::{self, BranchChoice, Project};
-use crate::lifecycle::{self, SpawnPlan, View};
+use crate::lifecycle::{self, shared, SpawnPlan, View};
 use crate::output;
+use crate::process::ProcRef;
+use crate::registry::{Mode, Registry, SHARED_AGENT};
 
 /// Start (or find) the agent's own dev server and print its URL.
 ///
@@ -38,17 +42,52 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
 
+    /// Shared mode: tie the agent's lease to this process (pid and start time).
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+
+    /// Shared mode: the lease lasts this long unless renewed (`0`: for ever).
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+
     /// Print the instance as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
 impl Args {
+    /// The arguments of `use`, which is `spawn --shared`.
+    pub fn for_use(
+        agent: AgentArg,
+        pid: Option<u32>,
+        ttl: Option<Duration>,
+        port: Option<u16>,
+        json: bool,
+    ) -> Args {
+        Args {
+            agent,
+            branch: None,
+            base: None,
+            port,
+            pid,
+            ttl,
+            json,
+        }
+    }
+
     pub fn run(self, context: &Context) -> Result<()> {
         let project = context.project()?;
         let settings = context.settings(&project)?;
-        let plan = self.plan(project, settings)?;
+        let shared = context.is_shared(&settings);
+        let plan = if shared {
+            self.shared_plan(project, settings)?
+        } else {
+            self.plan(project, settings)?
+        };
         let registry = context.registry(&plan.settings)?;
+        if shared {
+            return self.run_shared(&registry, &plan);
+        }
 
         let spawned = lifecycle::spawn(&registry, &plan)?;
         let entry = &spawned.entry;
@@ -74,8 +113,73 @@ impl Args {
         }
     }
 
+    fn run_shared(&self, registry: &Registry, plan: &SpawnPlan) -> Result<()> {
+        let spawned = lifecycle::spawn(registry, plan)?;
+        let entry = &spawned.entry;
+        let users = shared::live_users(entry).len();
+        let how = if spawned.existing {
+            "joined"
+        } else {
+            "started"
+        };
+        output::status(&format!(
+            "agent `{}` {how} the shared server at {} ({users} users)",
+            self.agent.agent, entry.url
+        ));
+        if self.json {
+            output::json(&View::of(entry))
+        } else {
+            Ok(output::data(&entry.url)?)
+        }
+    }
+
+    /// The plan of a `use`: the shared server in the main checkout, and a
+    /// lease for the agent.
+    fn shared_plan(&self, project: Project, settings: Settings) -> Result<SpawnPlan> {
+        ensure_command(&settings, &project.root)?;
+        if self.branch.is_some() || self.base.is_some() {
+            return Err(Failure::new(
+                Code::Usage,
+                "`--branch` and `--base` do not apply to the shared server",
+            )
+            .with_hint("the shared server runs in the main checkout as it is")
+            .into());
+        }
+        let pid = match self.pid {
+            Some(pid) => Some(ProcRef::of(pid).ok_or_else(|| {
+                Failure::new(Code::Usage, format!("`--pid {pid}`: no such process"))
+                    .with_hint("give the pid of the agent's own long-lived process")
+            })?),
+            None => None,
+        };
+        let ttl = self
+            .ttl
+            .map_or(settings.lease_ttl, |t| (!t.is_zero()).then_some(t));
+        let user = shared::lease(&self.agent.agent, ttl, pid);
+        let name = git::head_name(&project.root).unwrap_or_default();
+        Ok(SpawnPlan {
+            worktree: project.root.clone(),
+            project,
+            settings,
+            agent: SHARED_AGENT.to_string(),
+            mode: Mode::Shared,
+            user: Some(user),
+            branch: BranchChoice::Existing { name },
+            port: self.port,
+        })
+    }
+
     /// Validates everything before anything is created.
     fn plan(&self, project: Project, settings: Settings) -> Result<SpawnPlan> {
+        if self.pid.is_some() || self.ttl.is_some() {
+            // TODO(#4): leases for isolated instances (`--pid`, `--ttl`).
+            return Err(Failure::new(
+                Code::Usage,
+                "`--pid` and `--ttl` apply to shared mode only, for now",
+            )
+            .with_hint("add `--shared`, or leave them out")
+            .into());
+        }
         let agent = self.agent.agent.clone();
         ensure_command(&settings, &project.root)?;
 
@@ -101,11 +205,21 @@ impl Args {
             project,
             settings,
             agent,
+            mode: Mode::Isolated,
+            user: None,
             branch,
             port: self.port,
             worktree,
         })
     }
+}
+
+/// Parses a lease time-to-live: seconds, or a duration such as `30m`.
+pub(super) fn parse_ttl(text: &str) -> Result<Duration, String> {
+    text.parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(text))
+        .map_err(|_| format!("`{text}` is not a duration (use seconds, or e.g. `30m`, `4h`)"))
 }
 
 fn existing_branch(project: &Project, name: &str) -> Result<BranchChoice> {

@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 
-use super::{AgentArg, Context};
+use super::{Context, MaybeAgentArg};
 use crate::error::{Code, Failure};
-use crate::lifecycle::View;
+use crate::lifecycle::{shared, View};
 use crate::output;
+use crate::registry::SHARED_AGENT;
 
 /// Show the state, URL, port, pid, worktree and log of an agent's instance.
 ///
@@ -15,7 +16,7 @@ use crate::output;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    agent: AgentArg,
+    agent: MaybeAgentArg,
 
     /// Print the instance as one JSON object.
     #[arg(long)]
@@ -26,7 +27,17 @@ impl Args {
     pub fn run(self, context: &Context) -> Result<()> {
         let project = context.project()?;
         let registry = context.registry_for(Some(&project))?;
-        let agent = &self.agent.agent;
+        if context.is_shared_lenient(&project) {
+            if let Some(agent) = &self.agent.agent {
+                shared::renew(&registry, &project, agent, context.lease_ttl(&project))?;
+            }
+            let snapshot = registry.load()?;
+            let entry = snapshot
+                .find(&project.id, SHARED_AGENT)
+                .ok_or_else(|| super::url::not_running(&project, None))?;
+            return self.print(&View::of(entry));
+        }
+        let agent = self.agent.require()?;
 
         let snapshot = registry.load()?;
         let Some(entry) = snapshot.find(&project.id, agent) else {
@@ -40,11 +51,14 @@ impl Args {
             .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
             .into());
         };
-        let view = View::of(entry);
+        self.print(&View::of(entry))
+    }
+
+    fn print(&self, view: &View) -> Result<()> {
         if self.json {
-            return output::json(&view);
+            return output::json(view);
         }
-        Ok(output::data(&describe(&view))?)
+        Ok(output::data(&describe(view))?)
     }
 }
 
@@ -71,6 +85,13 @@ fn describe(view: &View) -> String {
     }
     if let Some(note) = &view.note {
         lines.push(format!("note:      {note}"));
+    }
+    for user in view.users.iter().flatten() {
+        let expires = user.expires.as_deref().unwrap_or("never");
+        lines.push(format!(
+            "user:      {} (since {}, expires {expires})",
+            user.agent, user.since
+        ));
     }
     lines.push(format!("log:       {}", view.log.display()));
     lines.join("\n")

@@ -6,8 +6,9 @@ use super::Context;
 use crate::error::{Code, Failure};
 use crate::git::Project;
 use crate::lifecycle;
+use crate::lifecycle::shared;
 use crate::output;
-use crate::registry::Registry;
+use crate::registry::{Registry, SHARED_AGENT};
 
 /// Stop an agent's server (or all of this repository's with `--all`).
 ///
@@ -18,6 +19,11 @@ use crate::registry::Registry;
 /// instance succeeds. `--remove` also removes the worktree and branch that
 /// devserver created, but refuses when the worktree has uncommitted changes,
 /// untracked files or commits on no other branch, unless `--force` is given.
+///
+/// With `--shared`, stops the shared server: the agent's own lease is
+/// released first, and the stop is refused with exit code 5 while other
+/// users hold leases (they are listed), unless `--force`; the users' next
+/// `url` or `status` then says who stopped it.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The agent to stop.
@@ -27,7 +33,6 @@ pub struct Args {
         env = "DEVSERVER_AGENT",
         value_parser = crate::agent::parse,
         allow_hyphen_values = true,
-        required_unless_present = "all",
         conflicts_with = "all"
     )]
     agent: Option<String>,
@@ -40,8 +45,9 @@ pub struct Args {
     #[arg(long)]
     remove: bool,
 
-    /// With `--remove`: remove even when that discards work.
-    #[arg(long, requires = "remove")]
+    /// With `--remove`: remove even when that discards work. With
+    /// `--shared`: stop even while other users hold leases.
+    #[arg(long)]
     force: bool,
 }
 
@@ -49,9 +55,25 @@ impl Args {
     pub fn run(self, context: &Context) -> Result<()> {
         let project = context.project()?;
         let registry = context.registry_for(Some(&project))?;
+        if context.is_shared_lenient(&project) && !self.all {
+            return self.stop_shared(&registry, &project);
+        }
+        if self.force && !self.remove && !self.all {
+            return Err(Failure::new(Code::Usage, "`--force` needs `--remove` (or `--shared`)")
+                .with_hint("`--remove --force` discards the worktree's work; `--shared --force` stops a shared server in use")
+                .into());
+        }
         let agents = match &self.agent {
             Some(agent) => vec![agent.clone()],
-            None => this_projects_agents(&registry, &project)?,
+            None if self.all => this_projects_agents(&registry, &project)?,
+            None => return Err(Failure::new(
+                Code::Usage,
+                "name the agent to stop with `--agent ID`",
+            )
+            .with_hint(
+                "`--all` stops every instance of this repository; `--shared` the shared server",
+            )
+            .into()),
         };
 
         let mut first_error = None;
@@ -67,7 +89,31 @@ impl Args {
         first_error.map_or(Ok(()), Err)
     }
 
+    fn stop_shared(&self, registry: &Registry, project: &Project) -> Result<()> {
+        if self.remove {
+            return Err(Failure::new(
+                Code::Usage,
+                "`--remove` does not apply to the shared server",
+            )
+            .with_hint("the shared server runs in the main checkout, which devserver never removes")
+            .into());
+        }
+        let report = shared::stop_shared(registry, project, self.agent.as_deref(), self.force)?;
+        if report.was_running {
+            output::status(&format!(
+                "stopped the shared server; port {} is free",
+                report.entry.port
+            ));
+        } else {
+            output::status("the shared server was not running");
+        }
+        Ok(())
+    }
+
     fn stop_one(&self, registry: &Registry, project: &Project, agent: &str) -> Result<()> {
+        if agent == SHARED_AGENT {
+            return self.stop_shared(registry, project);
+        }
         let by = format!("`devserver stop` (pid {})", std::process::id());
         let report = lifecycle::stop(registry, project, agent, &by)?;
         if report.was_running {

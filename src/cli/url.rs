@@ -1,38 +1,42 @@
-//! `devserver url`: the URL of an agent's running instance.
+//! `devserver url`: the URL of an agent's running instance, or of the shared server.
 
 use anyhow::Result;
 
-use super::{AgentArg, Context};
+use super::{Context, MaybeAgentArg};
 use crate::error::{Code, Failure};
-use crate::lifecycle;
+use crate::git::Project;
+use crate::lifecycle::{self, shared};
 use crate::output;
-use crate::registry::State;
+use crate::registry::{Entry, Registry, State, SHARED_AGENT};
 
-/// Print the URL of the agent's running server.
+/// Print the URL of the agent's running server (or, with `--shared`, of the
+/// shared server, renewing the agent's lease).
 ///
-/// Exits with code 7 when the agent has no running instance in this
-/// repository.
+/// Exits with code 7 when there is no running instance; for a shared server
+/// that was stopped, the message says by whom.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    agent: AgentArg,
+    agent: MaybeAgentArg,
 }
 
 impl Args {
     pub fn run(self, context: &Context) -> Result<()> {
         let project = context.project()?;
         let registry = context.registry_for(Some(&project))?;
-        let agent = &self.agent.agent;
+        if context.is_shared_lenient(&project) {
+            return self.run_shared(&registry, &project, context);
+        }
+        let agent = self.agent.require()?;
 
         let snapshot = registry.load()?;
         let entry = snapshot.find(&project.id, agent);
-        let state = entry.map(lifecycle::live_state);
-        match (entry, state) {
-            (Some(entry), Some(State::Running | State::Unhealthy | State::Starting)) => {
-                Ok(output::data(&entry.url)?)
-            }
-            (_, state) => {
-                let why = state.map_or("has no instance".into(), |s| format!("is {}", s.as_str()));
+        match entry.filter(|e| is_running(e)) {
+            Some(entry) => Ok(output::data(&entry.url)?),
+            None => {
+                let why = entry.map_or("has no instance".into(), |e| {
+                    format!("is {}", lifecycle::live_state(e).as_str())
+                });
                 Err(Failure::new(
                     Code::NoInstance,
                     format!("agent `{agent}` {why} in `{}`", project.root.display()),
@@ -42,4 +46,39 @@ impl Args {
             }
         }
     }
+
+    fn run_shared(&self, registry: &Registry, project: &Project, context: &Context) -> Result<()> {
+        if let Some(agent) = &self.agent.agent {
+            shared::renew(registry, project, agent, context.lease_ttl(project))?;
+        }
+        let snapshot = registry.load()?;
+        let entry = snapshot.find(&project.id, SHARED_AGENT);
+        match entry.filter(|e| is_running(e)) {
+            Some(entry) => Ok(output::data(&entry.url)?),
+            None => Err(not_running(project, entry)),
+        }
+    }
+}
+
+fn is_running(entry: &Entry) -> bool {
+    matches!(
+        lifecycle::live_state(entry),
+        State::Running | State::Unhealthy | State::Starting
+    )
+}
+
+/// The error for a shared server that does not run, saying why when known.
+pub fn not_running(project: &Project, entry: Option<&Entry>) -> anyhow::Error {
+    let why = entry
+        .and_then(|e| e.note.clone())
+        .map_or_else(String::new, |note| format!(" ({note})"));
+    Failure::new(
+        Code::NoInstance,
+        format!(
+            "the shared server of `{}` is not running{why}",
+            project.root.display()
+        ),
+    )
+    .with_hint("start it, as a user, with `devserver use --agent ID`")
+    .into()
 }

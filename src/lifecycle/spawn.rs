@@ -17,7 +17,7 @@ use crate::config::{self, Settings};
 use crate::error::{Code, Failure};
 use crate::git::{self, BranchChoice, Project, WorktreeRequest};
 use crate::process::{self, ProcRef, TreeSpec};
-use crate::registry::{stable_hash, Entry, Mode, Registry, Snapshot, State};
+use crate::registry::{stable_hash, unix_secs, Entry, Lease, Mode, Registry, Snapshot, State};
 use crate::supervisor::{self, LaunchSpec};
 use crate::{health, output, ports};
 
@@ -30,7 +30,11 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct SpawnPlan {
     pub project: Project,
     pub settings: Settings,
+    /// The instance's name: the agent ID, or [`SHARED_AGENT`] in shared mode.
     pub agent: String,
+    pub mode: Mode,
+    /// Shared mode: the lease of the agent asking for the server.
+    pub user: Option<Lease>,
     pub branch: BranchChoice,
     /// A port the user asked for; no other port is tried then.
     pub port: Option<u16>,
@@ -75,15 +79,24 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
     }
 }
 
-/// The running instance of the agent, if there is a healthy one.
+/// The running instance of the agent, if there is a healthy one. In shared
+/// mode the asking agent's lease is added to it, under the registry lock.
 fn existing(registry: &Registry, plan: &SpawnPlan) -> Result<Option<Entry>> {
-    let snapshot = registry.load_for_write()?;
-    let Some(entry) = snapshot.find(&plan.project.id, &plan.agent) else {
+    let found = registry.update(|s| {
+        let Some(entry) = s.find_mut(&plan.project.id, &plan.agent) else {
+            return Ok(None);
+        };
+        if !entry.state.is_active() || !is_alive(entry) {
+            return Ok(None);
+        }
+        if let Some(lease) = &plan.user {
+            add_lease(entry, lease.clone());
+        }
+        Ok(Some(entry.clone()))
+    })?;
+    let Some(entry) = found.as_ref() else {
         return Ok(None);
     };
-    if !entry.state.is_active() || !is_alive(entry) {
-        return Ok(None);
-    }
     if health::probe(
         entry.port,
         &plan.settings.health.probe,
@@ -106,6 +119,16 @@ fn existing(registry: &Registry, plan: &SpawnPlan) -> Result<Option<Entry>> {
     .into())
 }
 
+/// Adds (or renews) `lease` on a shared instance, dropping leases that lapsed.
+pub(super) fn add_lease(entry: &mut Entry, lease: Lease) {
+    let now = unix_secs();
+    entry
+        .users
+        .retain(|l| l.agent != lease.agent && l.is_live(now));
+    entry.users.push(lease);
+    entry.idle_since = None;
+}
+
 /// Reserves a port and writes the `starting` entry. Runs under the registry lock.
 fn reserve(
     snapshot: &mut Snapshot,
@@ -125,13 +148,13 @@ fn reserve(
     let worktree = previous
         .as_ref()
         .map(|e| e.worktree.clone())
-        .filter(|path| git::is_worktree_of(&plan.project, path))
+        .filter(|path| plan.mode == Mode::Isolated && git::is_worktree_of(&plan.project, path))
         .unwrap_or_else(|| plan.worktree.clone());
     let entry = Entry {
         project: plan.project.id.clone(),
         root: plan.project.root.clone(),
         agent: plan.agent.clone(),
-        mode: Mode::Isolated,
+        mode: plan.mode,
         state: State::Starting,
         port,
         url: String::new(),
@@ -151,7 +174,18 @@ fn reserve(
         grace_ms: millis(plan.settings.stop_grace),
         exit_status: None,
         note: None,
+        users: Vec::new(),
+        idle_grace_ms: (plan.mode == Mode::Shared).then(|| millis(plan.settings.idle_grace)),
+        idle_since: None,
     };
+    let mut entry = entry;
+    if let Some(lease) = &plan.user {
+        entry.users = previous
+            .as_ref()
+            .map(|e| e.users.clone())
+            .unwrap_or_default();
+        add_lease(&mut entry, lease.clone());
+    }
     snapshot.upsert(entry.clone());
     Ok((entry, previous))
 }
@@ -237,6 +271,13 @@ fn start(
     mut entry: Entry,
     made: &mut Made,
 ) -> Result<Entry> {
+    if plan.mode == Mode::Shared {
+        // The shared server runs in the main checkout, as it is.
+        entry.branch = git::head_name(&plan.project.root).unwrap_or_default();
+        record(registry, &entry, |e| e.branch.clone_from(&entry.branch))?;
+        return run_attempts(registry, plan, entry);
+    }
+
     let request = WorktreeRequest {
         admin_name: entry.admin_name.clone(),
         path: entry.worktree.clone(),
@@ -655,6 +696,11 @@ fn launch_spec(registry: &Registry, plan: &SpawnPlan, entry: &Entry) -> LaunchSp
         log: entry.log.clone(),
         log_max_bytes: plan.settings.log_max_bytes,
         grace_ms: entry.grace_ms,
+        instance_lock: registry.instance_lock_path(&instance_key(
+            &entry.project,
+            &plan.project.name,
+            &entry.agent,
+        )),
     }
 }
 

@@ -35,9 +35,19 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
     let entry = find(registry, project, agent)?;
     let grace = Duration::from_millis(entry.grace_ms);
     let _instance = registry.lock_instance(&key, grace * 2 + Duration::from_secs(90))?;
+    stop_locked(registry, project, agent, by)
+}
 
+/// [`stop`], for a caller that holds the instance lock.
+pub(super) fn stop_locked(
+    registry: &Registry,
+    project: &Project,
+    agent: &str,
+    by: &str,
+) -> Result<StopReport> {
     // Read again under the instance lock: a spawn may have just finished.
     let entry = find(registry, project, agent)?;
+    let grace = Duration::from_millis(entry.grace_ms);
     let was_running = super::is_alive(&entry) || process::is_tree_alive(&entry.tree());
     if was_running {
         end_tree(&entry, grace)?;
@@ -55,6 +65,8 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
         e.monitor = None;
         e.server = None;
         e.spawner = None;
+        e.users.clear();
+        e.idle_since = None;
         Ok(e.clone())
     })?;
     Ok(StopReport { entry, was_running })

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::live_state;
-use crate::registry::Entry;
+use super::shared::rfc3339;
+use crate::registry::{Entry, Mode};
 
 /// One instance as reported. The field names are part of devserver's
 /// interface (documented in the README, pinned by tests).
@@ -28,6 +29,20 @@ pub struct View {
     pub log: PathBuf,
     pub exit_status: Option<i32>,
     pub note: Option<String>,
+    /// Shared mode only: the users whose leases keep the server up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<Vec<UserView>>,
+}
+
+/// A user of the shared server, as reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserView {
+    pub agent: String,
+    /// RFC 3339.
+    pub since: String,
+    /// RFC 3339, or `null` for a lease that never expires.
+    pub expires: Option<String>,
+    pub pid: Option<u32>,
 }
 
 impl View {
@@ -38,7 +53,7 @@ impl View {
         View {
             agent: entry.agent.clone(),
             project: entry.root.clone(),
-            mode: "isolated",
+            mode: entry.mode.as_str(),
             state: state.as_str(),
             url: entry.url.clone(),
             port: entry.port,
@@ -53,8 +68,21 @@ impl View {
             log: entry.log.clone(),
             exit_status: entry.exit_status.filter(|_| !running),
             note: entry.note.clone(),
+            users: (entry.mode == Mode::Shared).then(|| users(entry)),
         }
     }
+}
+
+fn users(entry: &Entry) -> Vec<UserView> {
+    super::shared::live_users(entry)
+        .into_iter()
+        .map(|lease| UserView {
+            agent: lease.agent,
+            since: rfc3339(lease.since),
+            expires: lease.expires.map(rfc3339),
+            pid: lease.pid.map(|p| p.pid),
+        })
+        .collect()
 }
 
 fn uptime(entry: &Entry) -> Option<Duration> {

@@ -1,5 +1,6 @@
 mod cli;
 mod failures;
 mod isolated;
+mod shared;
 mod trees;
 mod vite;
