@@ -20,8 +20,6 @@ pub enum Code {
     /// The server did not become healthy (exited, timed out, wrong port).
     Unhealthy = 4,
     /// Refused because the instance is in use by someone else.
-    // TODO(#3): returned by `stop --shared` while other users hold leases.
-    #[allow(dead_code)]
     InUse = 5,
     /// No free port was left in the configured range.
     NoPort = 6,
