@@ -984,6 +984,50 @@ fn count_unique_commits(repo: &Repository) -> Result<usize, git2::Error> {
 // Removing worktrees
 // ---------------------------------------------------------------------------------------------
 
+/// What the admin entry `admin_name` of a worktree whose directory is gone
+/// still holds that pruning it would lose (C23): an operation in progress, or
+/// staged changes recorded only in its index. `None` when it holds nothing.
+pub fn admin_entry_work(project: &Project, admin_name: &str) -> Option<String> {
+    let admin = admin_dir(project, admin_name);
+    const IN_PROGRESS: [(&str, &str); 6] = [
+        ("rebase-merge", "a rebase"),
+        ("rebase-apply", "a rebase"),
+        ("MERGE_HEAD", "a merge"),
+        ("CHERRY_PICK_HEAD", "a cherry-pick"),
+        ("REVERT_HEAD", "a revert"),
+        ("BISECT_LOG", "a bisect"),
+    ];
+    if let Some((_, what)) = IN_PROGRESS
+        .iter()
+        .find(|(file, _)| exists(&admin.join(file)))
+    {
+        return Some(format!("{what} in progress"));
+    }
+    match staged_changes(project, &admin) {
+        Ok(0) => None,
+        Ok(n) => Some(format!("{} in its index", count(n, "staged change"))),
+        Err(err) => Some(format!("an index devserver cannot read ({err})")),
+    }
+}
+
+/// Staged changes in an admin entry's index against the commit its HEAD names.
+fn staged_changes(project: &Project, admin: &Path) -> Result<usize, git2::Error> {
+    let index_path = admin.join("index");
+    if !exists(&index_path) {
+        return Ok(0);
+    }
+    let repo = Repository::open(&project.id)?;
+    let head = fs_err::read_to_string(admin.join("HEAD")).unwrap_or_default();
+    let head = head.trim();
+    let commit = match head.strip_prefix("ref: ") {
+        Some(name) => repo.find_reference(name)?.peel_to_commit()?,
+        None => repo.find_commit(git2::Oid::from_str(head)?)?,
+    };
+    let index = git2::Index::open(&index_path)?;
+    let diff = repo.diff_tree_to_index(Some(&commit.tree()?), Some(&index), None)?;
+    Ok(diff.deltas().len())
+}
+
 /// Removes one worktree devserver created: deletes its directory, then its admin entry
 /// `admin_name` only (never a repository-wide prune; if libgit2's prune fails, the entry is deleted
 /// directly), then deletes the local branch `delete_branch` if given, even if it has unique

@@ -9,6 +9,7 @@
 //! Not here: argument parsing and printing (`cli`), the storage format
 //! (`registry`), signalling (`process`).
 
+pub mod gc;
 pub mod shared;
 mod spawn;
 mod stop;

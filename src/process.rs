@@ -484,6 +484,37 @@ fn has_marker(stat: &Stat, spec: &TreeSpec, euid: u32) -> bool {
         .any(|entry| entry == marker.as_bytes())
 }
 
+/// Every live process of ours whose environment has an entry starting with
+/// `prefix` (such as `DEVSERVER_INSTANCE=1234abcd-`), with that entry's value
+/// after the `=`. The calling process and its ancestors are left out.
+#[must_use]
+pub fn with_env_prefix(prefix: &str) -> Vec<(String, ProcRef)> {
+    let procs = all();
+    let excluded = self_and_ancestors(&procs);
+    let euid = effective_uid();
+    procs
+        .iter()
+        .filter(|stat| !stat.is_exited() && !excluded.contains(&stat.pid))
+        .filter_map(|stat| env_entry(stat.pid, prefix, euid).map(|value| (value, stat.proc_ref())))
+        .collect()
+}
+
+fn env_entry(pid: u32, prefix: &str, euid: u32) -> Option<String> {
+    let owner = fs_err::metadata(format!("/proc/{pid}")).map(|meta| meta.uid());
+    if owner.ok() != Some(euid) {
+        return None;
+    }
+    let environ = fs_err::read(format!("/proc/{pid}/environ")).ok()?;
+    let entry = environ
+        .split(|byte| *byte == 0)
+        .find(|entry| entry.starts_with(prefix.as_bytes()))?;
+    let text = String::from_utf8_lossy(entry);
+    Some(
+        text.split_once('=')
+            .map_or(String::new(), |(_, v)| v.to_string()),
+    )
+}
+
 /// The calling process and every ancestor up to init, by parent links in `procs`.
 fn self_and_ancestors(procs: &[Stat]) -> HashSet<u32> {
     let parents: HashMap<u32, u32> = procs.iter().map(|stat| (stat.pid, stat.ppid)).collect();

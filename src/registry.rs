@@ -245,6 +245,14 @@ impl Registry {
         &self.dir
     }
 
+    /// The prefix of every instance token this registry hands out.
+    pub fn token_prefix(&self) -> String {
+        format!(
+            "{:08x}",
+            stable_hash(&[self.dir.as_os_str().as_encoded_bytes()]) as u32
+        )
+    }
+
     pub fn file(&self) -> PathBuf {
         self.dir.join("registry.json")
     }

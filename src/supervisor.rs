@@ -15,10 +15,14 @@
 //! - A thread copies the pipe into the instance's log, rotating it to
 //!   `<log>.1` when it reaches the configured size, so the log is bounded.
 //! - The main thread blocks SIGCHLD, SIGTERM, SIGINT and SIGHUP and waits for
-//!   them with `sigtimedwait`. SIGCHLD: reap every exited child (the top
-//!   process's status is recorded). SIGTERM, SIGINT, SIGHUP: stop the whole
-//!   tree (SIGTERM, the grace period, SIGKILL). When no descendant is left,
-//!   it records the outcome in the registry and exits.
+//!   them with `sigtimedwait`. SIGCHLD: reap every exited child; when the top
+//!   process is among them, its status is recorded and the rest of the tree
+//!   is stopped: the instance lives as long as its command. SIGTERM, SIGINT,
+//!   SIGHUP: stop the whole tree (SIGTERM, the grace period, SIGKILL). Every
+//!   half second without a signal it checks the registry: an instance that
+//!   was removed, or whose lease lapsed (for a shared server: no live user
+//!   for the idle grace), is stopped. When no descendant is left, it records
+//!   the outcome in the registry and exits.
 //!
 //! States, as the registry sees them: the CLI writes `starting`; the monitor
 //! adds its own pid and the server's; the CLI marks `running` once healthy;
@@ -43,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lock::FileLock;
 use crate::process::{self, ProcRef, TreeSpec};
-use crate::registry::{unix_secs, Registry, State};
+use crate::registry::{unix_secs, Mode, Registry, State};
 
 /// Everything a monitor needs to start and supervise one server.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -212,6 +216,10 @@ fn supervise(
     loop {
         let signal = wait_signal(signals, TICK);
         if signal.is_none() {
+            if is_unregistered(spec, registry) {
+                log.note("the instance is no longer in the registry; stopping its server");
+                return stop(tree, spec, log);
+            }
             if let Some((lock, note)) = idle.check(spec, registry) {
                 log.note(&note);
                 let mut outcome = stop(tree, spec, log);
@@ -227,6 +235,19 @@ fn supervise(
             return outcome;
         }
         match reap(server.pid, &mut status) {
+            // The instance lives as long as its command's top process: when
+            // that ends (or is killed by hand), the rest of the tree goes too,
+            // so no wrapper layer is left holding the port (C10).
+            Children::Remaining if status.is_some() => {
+                let how = status.map_or_else(String::new, describe_status);
+                log.note(&format!(
+                    "the server's top process ended ({how}); stopping the rest of its tree"
+                ));
+                let mut outcome = stop(tree, spec, log);
+                outcome.requested = false;
+                outcome.status = status;
+                return outcome;
+            }
             Children::Remaining => {}
             Children::None => {
                 let how = status.map_or_else(|| "unknown status".into(), describe_status);
@@ -279,7 +300,13 @@ impl IdleWatch {
             .ok()?
             .find(&spec.project, &spec.agent)?
             .clone();
-        let grace = Duration::from_millis(entry.idle_grace_ms?);
+        // An isolated instance stops as soon as its agent's lease lapses; one
+        // recorded without a lease (an older registry) never does.
+        let isolated = entry.mode == Mode::Isolated;
+        if isolated && entry.users.is_empty() {
+            return None;
+        }
+        let grace = Duration::from_millis(if isolated { 0 } else { entry.idle_grace_ms? });
         if entry.token != spec.token || has_live_users(&entry) {
             self.since = None;
             return None;
@@ -301,12 +328,38 @@ impl IdleWatch {
             .find(&spec.project, &spec.agent)
             .is_some_and(|e| e.token == spec.token && !has_live_users(e));
         still_idle.then(|| {
-            let grace = humantime::format_duration(grace);
-            (
-                lock,
-                format!("stopped: no users for the idle grace of {grace}"),
-            )
+            let note = if isolated {
+                lapse_reason(&entry)
+            } else {
+                let grace = humantime::format_duration(grace);
+                format!("stopped: no users for the idle grace of {grace}")
+            };
+            (lock, note)
         })
+    }
+}
+
+/// Whether the registry (read fine) no longer holds this instance: it was
+/// removed, or replaced by a newer start. A registry that cannot be read
+/// proves nothing, so it never stops a server.
+fn is_unregistered(spec: &LaunchSpec, registry: &Registry) -> bool {
+    registry.load().is_ok_and(|snapshot| {
+        snapshot
+            .find(&spec.project, &spec.agent)
+            .is_none_or(|e| e.token != spec.token)
+    })
+}
+
+/// Why an isolated instance's lease no longer counts.
+fn lapse_reason(entry: &crate::registry::Entry) -> String {
+    let Some(lease) = entry.users.first() else {
+        return "stopped: its lease lapsed".into();
+    };
+    match lease.pid {
+        Some(pid) if !pid.is_alive() => {
+            format!("stopped: the agent's process (pid {}) ended", pid.pid)
+        }
+        _ => "stopped: its lease expired".into(),
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 
 use super::{AgentArg, Context};
 use crate::error::{Code, Failure};
-use crate::lifecycle;
+use crate::lifecycle::{self, shared};
 use crate::supervisor::rotated_path;
 
 /// Print the last lines of the agent's server log (stdout and stderr).
@@ -35,6 +35,13 @@ impl Args {
         let project = context.project()?;
         let registry = context.registry_for(Some(&project))?;
         let agent = &self.agent.agent;
+        shared::renew(
+            &registry,
+            &project,
+            agent,
+            agent,
+            context.lease_ttl(&project),
+        )?;
         let Some(entry) = registry.load()?.find(&project.id, agent).cloned() else {
             return Err(Failure::new(
                 Code::NoInstance,

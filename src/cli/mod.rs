@@ -5,9 +5,11 @@
 //! validated plan, hands it to `lifecycle` (or reads the registry), and
 //! prints the result through `output`.
 
+mod gc;
 mod list;
 mod logs;
 mod release;
+mod renew;
 mod spawn;
 mod status;
 mod stop;
@@ -64,11 +66,13 @@ pub enum Command {
     Spawn(spawn::Args),
     Use(use_shared::Args),
     Release(release::Args),
+    Renew(renew::Args),
     Url(url::Args),
     List(list::Args),
     Status(status::Args),
     Logs(logs::Args),
     Stop(stop::Args),
+    Gc(gc::Args),
     /// Supervise one server (started by `spawn`; not for direct use).
     #[command(name = "__monitor", hide = true)]
     Monitor,
@@ -109,11 +113,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Spawn(args) => args.run(&context),
         Command::Use(args) => args.run(&context),
         Command::Release(args) => args.run(&context),
+        Command::Renew(args) => args.run(&context),
         Command::Url(args) => args.run(&context),
         Command::List(args) => args.run(&context),
         Command::Status(args) => args.run(&context),
         Command::Logs(args) => args.run(&context),
         Command::Stop(args) => args.run(&context),
+        Command::Gc(args) => args.run(&context),
         Command::Monitor => crate::supervisor::run(),
     }
 }

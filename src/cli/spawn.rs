@@ -13,7 +13,7 @@ use crate::git::{self, BranchChoice, Project};
 use crate::lifecycle::{self, shared, SpawnPlan, View};
 use crate::output;
 use crate::process::ProcRef;
-use crate::registry::{Mode, Registry, SHARED_AGENT};
+use crate::registry::{Lease, Mode, Registry, SHARED_AGENT};
 
 /// Start (or find) the agent's own dev server and print its URL.
 ///
@@ -42,11 +42,12 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
 
-    /// Shared mode: tie the agent's lease to this process (pid and start time).
+    /// Tie the agent's lease to this process (pid and start time): the server
+    /// stops when it dies.
     #[arg(long, value_name = "PID")]
     pid: Option<u32>,
 
-    /// Shared mode: the lease lasts this long unless renewed (`0`: for ever).
+    /// The lease lasts this long unless renewed (default `lease.ttl`; `0`: for ever).
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     ttl: Option<Duration>,
 
@@ -145,17 +146,7 @@ impl Args {
             .with_hint("the shared server runs in the main checkout as it is")
             .into());
         }
-        let pid = match self.pid {
-            Some(pid) => Some(ProcRef::of(pid).ok_or_else(|| {
-                Failure::new(Code::Usage, format!("`--pid {pid}`: no such process"))
-                    .with_hint("give the pid of the agent's own long-lived process")
-            })?),
-            None => None,
-        };
-        let ttl = self
-            .ttl
-            .map_or(settings.lease_ttl, |t| (!t.is_zero()).then_some(t));
-        let user = shared::lease(&self.agent.agent, ttl, pid);
+        let user = self.lease(&settings)?;
         let name = git::head_name(&project.root).unwrap_or_default();
         Ok(SpawnPlan {
             worktree: project.root.clone(),
@@ -169,17 +160,24 @@ impl Args {
         })
     }
 
+    /// The agent's lease: `--ttl` (else `lease.ttl`), tied to `--pid`.
+    fn lease(&self, settings: &Settings) -> Result<Lease> {
+        let pid = match self.pid {
+            Some(pid) => Some(ProcRef::of(pid).ok_or_else(|| {
+                Failure::new(Code::Usage, format!("`--pid {pid}`: no such process"))
+                    .with_hint("give the pid of the agent's own long-lived process")
+            })?),
+            None => None,
+        };
+        let ttl = self
+            .ttl
+            .map_or(settings.lease_ttl, |t| (!t.is_zero()).then_some(t));
+        Ok(shared::lease(&self.agent.agent, ttl, pid))
+    }
+
     /// Validates everything before anything is created.
     fn plan(&self, project: Project, settings: Settings) -> Result<SpawnPlan> {
-        if self.pid.is_some() || self.ttl.is_some() {
-            // TODO(#4): leases for isolated instances (`--pid`, `--ttl`).
-            return Err(Failure::new(
-                Code::Usage,
-                "`--pid` and `--ttl` apply to shared mode only, for now",
-            )
-            .with_hint("add `--shared`, or leave them out")
-            .into());
-        }
+        let user = self.lease(&settings)?;
         let agent = self.agent.agent.clone();
         ensure_command(&settings, &project.root)?;
 
@@ -206,7 +204,7 @@ impl Args {
             settings,
             agent,
             mode: Mode::Isolated,
-            user: None,
+            user: Some(user),
             branch,
             port: self.port,
             worktree,

@@ -29,7 +29,13 @@ impl Args {
         let registry = context.registry_for(Some(&project))?;
         if context.is_shared_lenient(&project) {
             if let Some(agent) = &self.agent.agent {
-                shared::renew(&registry, &project, agent, context.lease_ttl(&project))?;
+                shared::renew(
+                    &registry,
+                    &project,
+                    SHARED_AGENT,
+                    agent,
+                    context.lease_ttl(&project),
+                )?;
             }
             let snapshot = registry.load()?;
             let entry = snapshot
@@ -38,6 +44,13 @@ impl Args {
             return self.print(&View::of(entry));
         }
         let agent = self.agent.require()?;
+        shared::renew(
+            &registry,
+            &project,
+            agent,
+            agent,
+            context.lease_ttl(&project),
+        )?;
 
         let snapshot = registry.load()?;
         let Some(entry) = snapshot.find(&project.id, agent) else {

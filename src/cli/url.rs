@@ -28,6 +28,13 @@ impl Args {
             return self.run_shared(&registry, &project, context);
         }
         let agent = self.agent.require()?;
+        shared::renew(
+            &registry,
+            &project,
+            agent,
+            agent,
+            context.lease_ttl(&project),
+        )?;
 
         let snapshot = registry.load()?;
         let entry = snapshot.find(&project.id, agent);
@@ -49,7 +56,13 @@ impl Args {
 
     fn run_shared(&self, registry: &Registry, project: &Project, context: &Context) -> Result<()> {
         if let Some(agent) = &self.agent.agent {
-            shared::renew(registry, project, agent, context.lease_ttl(project))?;
+            shared::renew(
+                registry,
+                project,
+                SHARED_AGENT,
+                agent,
+                context.lease_ttl(project),
+            )?;
         }
         let snapshot = registry.load()?;
         let entry = snapshot.find(&project.id, SHARED_AGENT);

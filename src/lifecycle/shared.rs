@@ -146,25 +146,46 @@ pub fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// Renews `agent`'s lease, if it holds one; any command naming the agent does.
+/// Renews `agent`'s lease on the instance `instance` (the agent itself, or
+/// [`SHARED_AGENT`]), if it holds a live one; any command naming the agent
+/// does this. To keep frequent calls such as `url` read-only, the registry
+/// is written only when that moves the expiry by a minute or more.
 pub fn renew(
     registry: &Registry,
     project: &Project,
+    instance: &str,
     agent: &str,
     ttl: Option<Duration>,
 ) -> Result<()> {
     let now = unix_secs();
+    let wanted = ttl.map(|t| now + t.as_secs().max(1));
+    let holds = |s: &crate::registry::Snapshot| {
+        s.find(&project.id, instance)
+            .and_then(|e| e.users.iter().find(|l| l.agent == agent && l.is_live(now)))
+            .is_some_and(|l| is_worth_renewing(l.expires, wanted))
+    };
+    if !holds(&registry.load()?) {
+        return Ok(());
+    }
     registry.update(|s| {
-        let lease = s.find_mut(&project.id, SHARED_AGENT).and_then(|e| {
+        let lease = s.find_mut(&project.id, instance).and_then(|e| {
             e.users
                 .iter_mut()
                 .find(|l| l.agent == agent && l.is_live(now))
         });
         if let Some(lease) = lease {
-            lease.expires = ttl.map(|t| now + t.as_secs().max(1));
+            lease.expires = wanted;
         }
         Ok(())
     })
+}
+
+fn is_worth_renewing(current: Option<u64>, wanted: Option<u64>) -> bool {
+    match (current, wanted) {
+        (Some(now), Some(new)) => new >= now + 60,
+        (None, None) => false,
+        _ => true,
+    }
 }
 
 /// A new lease for `agent`, expiring after `ttl`, tied to `pid` if given.

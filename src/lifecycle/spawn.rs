@@ -67,7 +67,7 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
         });
     }
 
-    let token = new_token();
+    let token = new_token(registry);
     let (entry, previous) = registry.update(|s| reserve(s, plan, registry, &key, &token))?;
     let mut made = Made::default();
     match start(registry, plan, entry, &mut made) {
@@ -766,11 +766,18 @@ fn is_addr_in_use(log: &str) -> bool {
         || lower.contains("address in use")
 }
 
-fn new_token() -> String {
+/// A token unique to this start, prefixed with the registry's identity so
+/// `gc` can tell its own orphans from other registries' processes.
+fn new_token(registry: &Registry) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{:x}-{:x}", std::process::id(), nanos)
+    format!(
+        "{}-{:x}-{:x}",
+        registry.token_prefix(),
+        std::process::id(),
+        nanos
+    )
 }
 
 fn millis(d: Duration) -> u64 {

@@ -1,5 +1,6 @@
 mod cli;
 mod failures;
+mod gc;
 mod isolated;
 mod shared;
 mod trees;
