@@ -77,6 +77,19 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// Ends devserver with the exit status of a command it ran (`run`), with
+/// nothing printed: the command already spoke for itself.
+#[derive(Debug)]
+pub struct ChildExit(pub u8);
+
+impl fmt::Display for ChildExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the command exited with status {}", self.0)
+    }
+}
+
+impl std::error::Error for ChildExit {}
+
 /// The exit code and hint of an error chain: the first [`Failure`] found, else 1.
 pub fn classify(err: &anyhow::Error) -> (Code, Option<String>) {
     for cause in err.chain() {

@@ -14,6 +14,7 @@ mod output;
 mod ports;
 mod process;
 mod registry;
+mod signals;
 mod supervisor;
 
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ fn report(err: &anyhow::Error) -> ExitCode {
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe);
     if broken_pipe {
         return ExitCode::SUCCESS;
+    }
+    if let Some(error::ChildExit(code)) = err.downcast_ref() {
+        return ExitCode::from(*code);
     }
     let (code, hint) = error::classify(err);
     output::error(&format!("{err:#}"), hint.as_deref());

@@ -51,6 +51,13 @@ pub fn data(text: &str) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Writes bytes to stdout as they are.
+pub fn raw(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()
+}
+
 /// Writes `value` as pretty JSON to stdout.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::lock::FileLock;
 use crate::process::{self, ProcRef, TreeSpec};
 use crate::registry::{unix_secs, Mode, Registry, State};
+use crate::signals;
 
 /// Everything a monitor needs to start and supervise one server.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,6 +84,7 @@ pub fn launch(spec: &LaunchSpec) -> Result<std::process::Child> {
     unsafe {
         command.pre_exec(|| {
             libc::setsid();
+            signals::reset_in_child();
             Ok(())
         });
     }
@@ -111,7 +113,7 @@ pub fn run() -> Result<()> {
     detach_stdin();
 
     become_subreaper();
-    let signals = block_signals();
+    let signals = signals::block();
     let log = Arc::new(RotatingLog::open(&spec.log, spec.log_max_bytes)?);
 
     let (reader, writer) = std::io::pipe().context("cannot create the log pipe")?;
@@ -177,10 +179,7 @@ fn start_server(spec: &LaunchSpec, writer: std::io::PipeWriter) -> Result<ProcRe
     unsafe {
         command.pre_exec(|| {
             libc::setsid();
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            signals::reset_in_child();
             Ok(())
         });
     }
@@ -214,7 +213,7 @@ fn supervise(
     let mut status = None;
     let mut idle = IdleWatch::default();
     loop {
-        let signal = wait_signal(signals, TICK);
+        let signal = signals::wait(signals, TICK);
         if signal.is_none() {
             if is_unregistered(spec, registry) {
                 log.note("the instance is no longer in the registry; stopping its server");
@@ -473,31 +472,6 @@ fn become_subreaper() {
     if rc != 0 {
         tracing::warn!("cannot become a child subreaper; daemonizing servers may escape");
     }
-}
-
-/// Blocks the signals the main loop waits for, in this and later threads.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain sigset manipulation on a local, then pthread_sigmask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for signal in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Waits up to `timeout` for one of the blocked signals.
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
-    let spec = libc::timespec {
-        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-        tv_nsec: timeout.subsec_nanos().into(),
-    };
-    // SAFETY: `set` is initialised; a null siginfo pointer is allowed.
-    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &spec) };
-    (signal > 0).then_some(signal)
 }
 
 /// An append-only log that rotates to `<path>.1` when it grows past a size.

@@ -5,11 +5,13 @@
 //! validated plan, hands it to `lifecycle` (or reads the registry), and
 //! prints the result through `output`.
 
+mod completions;
 mod gc;
 mod list;
 mod logs;
 mod release;
 mod renew;
+mod run;
 mod spawn;
 mod status;
 mod stop;
@@ -73,13 +75,16 @@ pub enum Command {
     Logs(logs::Args),
     Stop(stop::Args),
     Gc(gc::Args),
+    Run(run::Args),
+    Completions(completions::Args),
+    Man(completions::ManArgs),
     /// Supervise one server (started by `spawn`; not for direct use).
     #[command(name = "__monitor", hide = true)]
     Monitor,
 }
 
 /// The `--agent` option shared by the per-agent commands.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct AgentArg {
     /// The agent's ID (letters, digits, `.`, `_`, `-`).
     #[arg(long, short = 'a', env = "DEVSERVER_AGENT", value_parser = crate::agent::parse,
@@ -108,6 +113,12 @@ impl MaybeAgentArg {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    // These need neither a directory nor a repository.
+    match cli.command {
+        Command::Completions(args) => return args.run(),
+        Command::Man(args) => return args.run(),
+        _ => {}
+    }
     let context = Context::new(&cli)?;
     match cli.command {
         Command::Spawn(args) => args.run(&context),
@@ -120,7 +131,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => args.run(&context),
         Command::Stop(args) => args.run(&context),
         Command::Gc(args) => args.run(&context),
+        Command::Run(args) => args.run(&context),
         Command::Monitor => crate::supervisor::run(),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }
 

@@ -77,6 +77,16 @@ impl Args {
     }
 
     pub fn run(self, context: &Context) -> Result<()> {
+        let started = self.start(context)?;
+        if self.json {
+            output::json(&View::of(&started.entry))
+        } else {
+            Ok(output::data(&started.entry.url)?)
+        }
+    }
+
+    /// Spawns (or, shared, uses) the instance and says so on stderr.
+    pub fn start(&self, context: &Context) -> Result<Started> {
         let project = context.project()?;
         let settings = context.settings(&project)?;
         let shared = context.is_shared(&settings);
@@ -86,13 +96,27 @@ impl Args {
             self.plan(project, settings)?
         };
         let registry = context.registry(&plan.settings)?;
-        if shared {
-            return self.run_shared(&registry, &plan);
-        }
-
         let spawned = lifecycle::spawn(&registry, &plan)?;
-        let entry = &spawned.entry;
-        if spawned.existing {
+        self.announce(&spawned.entry, spawned.existing, shared);
+        Ok(Started {
+            entry: spawned.entry,
+            existing: spawned.existing,
+            shared,
+            registry,
+            project: plan.project,
+            grace: plan.settings.stop_grace,
+        })
+    }
+
+    fn announce(&self, entry: &crate::registry::Entry, existing: bool, shared: bool) {
+        if shared {
+            let users = shared::live_users(entry).len();
+            let how = if existing { "joined" } else { "started" };
+            output::status(&format!(
+                "agent `{}` {how} the shared server at {} ({users} users)",
+                self.agent.agent, entry.url
+            ));
+        } else if existing {
             output::status(&format!(
                 "agent `{}` is already running at {}",
                 entry.agent, entry.url
@@ -105,32 +129,6 @@ impl Args {
                 entry.worktree.display(),
                 entry.branch
             ));
-        }
-
-        if self.json {
-            output::json(&View::of(entry))
-        } else {
-            Ok(output::data(&entry.url)?)
-        }
-    }
-
-    fn run_shared(&self, registry: &Registry, plan: &SpawnPlan) -> Result<()> {
-        let spawned = lifecycle::spawn(registry, plan)?;
-        let entry = &spawned.entry;
-        let users = shared::live_users(entry).len();
-        let how = if spawned.existing {
-            "joined"
-        } else {
-            "started"
-        };
-        output::status(&format!(
-            "agent `{}` {how} the shared server at {} ({users} users)",
-            self.agent.agent, entry.url
-        ));
-        if self.json {
-            output::json(&View::of(entry))
-        } else {
-            Ok(output::data(&entry.url)?)
         }
     }
 
@@ -210,6 +208,17 @@ impl Args {
             worktree,
         })
     }
+}
+
+/// A spawned (or joined) instance, for commands that go on using it.
+pub struct Started {
+    pub entry: crate::registry::Entry,
+    /// Whether it was already running (so this command did not start it).
+    pub existing: bool,
+    pub shared: bool,
+    pub registry: Registry,
+    pub project: Project,
+    pub grace: Duration,
 }
 
 /// Parses a lease time-to-live: seconds, or a duration such as `30m`.

@@ -6,6 +6,7 @@
 //! a retry starts clean and no half-made state is left for anyone to trip on.
 
 use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -661,16 +662,26 @@ fn run_setup(plan: &SpawnPlan, entry: &Entry, command: &str) -> Result<()> {
         .open(&entry.log)?;
     let (log, _) = log.into_parts();
     let stderr = log.try_clone().context("cannot duplicate the log file")?;
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .current_dir(entry.worktree.join(&plan.settings.cwd))
-        .envs(server_env(plan, entry))
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(stderr)
-        .status()
-        .with_context(|| format!("cannot run the setup command `{command}`"))?;
+    let status = {
+        let mut command = std::process::Command::new("sh");
+        // SAFETY: reset_in_child is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(|| {
+                crate::signals::reset_in_child();
+                Ok(())
+            });
+        }
+        command
+    }
+    .arg("-c")
+    .arg(command)
+    .current_dir(entry.worktree.join(&plan.settings.cwd))
+    .envs(server_env(plan, entry))
+    .stdin(std::process::Stdio::null())
+    .stdout(log)
+    .stderr(stderr)
+    .status()
+    .with_context(|| format!("cannot run the setup command `{command}`"))?;
     if !status.success() {
         return Err(Failure::new(
             Code::Error,
