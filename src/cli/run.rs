@@ -64,15 +64,13 @@ impl Args {
             if let Some(status) = child.try_wait().context("cannot wait for the command")? {
                 return Ok(exit_code(status));
             }
-            match signals::wait(set, Duration::from_millis(100)) {
-                Some(sig @ (libc::SIGINT | libc::SIGTERM | libc::SIGHUP)) => {
-                    output::status(&format!(
-                        "devserver run: passing signal {sig} on to the command"
-                    ));
-                    forward(&child, sig);
-                    stopping.get_or_insert_with(Instant::now);
-                }
-                _ => {}
+            let signal = signals::wait(set, Duration::from_millis(100));
+            if let Some(sig @ (libc::SIGINT | libc::SIGTERM | libc::SIGHUP)) = signal {
+                output::status(&format!(
+                    "devserver run: passing signal {sig} on to the command"
+                ));
+                forward(&child, sig);
+                stopping.get_or_insert_with(Instant::now);
             }
             // A command that ignores the signal gets the grace period, then SIGKILL.
             if stopping.is_some_and(|at| at.elapsed() > started.grace) {
