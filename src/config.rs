@@ -50,6 +50,8 @@ pub struct Settings {
     pub idle_grace: Duration,
     /// How long a lease lasts unless renewed; `None` for ever.
     pub lease_ttl: Option<Duration>,
+    /// How the server is given its port, for the error when it binds another.
+    pub port_hint: String,
 }
 
 /// How readiness is probed.
@@ -315,6 +317,7 @@ fn resolve(file: FileConfig, path: &Path) -> Result<Settings> {
             Some(ttl) => Some(ttl),
             None => Some(Duration::from_secs(4 * 3600)),
         },
+        port_hint: crate::detect::GENERIC_PORT_HINT.to_string(),
     })
 }
 

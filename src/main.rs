@@ -5,6 +5,7 @@
 mod agent;
 mod cli;
 mod config;
+mod detect;
 mod error;
 mod git;
 mod health;

@@ -7,6 +7,7 @@
 
 mod completions;
 mod gc;
+mod init;
 mod list;
 mod logs;
 mod release;
@@ -25,6 +26,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Settings};
+use crate::detect;
 use crate::error::{Code, Failure, EXIT_CODES_HELP};
 use crate::git::{self, Project};
 use crate::registry::{self, Registry};
@@ -76,6 +78,7 @@ pub enum Command {
     Stop(stop::Args),
     Gc(gc::Args),
     Run(run::Args),
+    Init(init::Args),
     Completions(completions::Args),
     Man(completions::ManArgs),
     /// Supervise one server (started by `spawn`; not for direct use).
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stop(args) => args.run(&context),
         Command::Gc(args) => args.run(&context),
         Command::Run(args) => args.run(&context),
+        Command::Init(args) => args.run(&context),
         Command::Monitor => crate::supervisor::run(),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
@@ -179,6 +183,9 @@ impl Context {
     /// The project's settings; an error with a minimal example when there is no config.
     pub fn settings(&self, project: &Project) -> Result<Settings> {
         let Some(path) = config::locate(&project.root, self.config.as_deref()) else {
+            if let Some(detected) = detect::detect(&project.root) {
+                return settings_from_detection(project, &detected);
+            }
             return Err(Failure::new(
                 Code::Error,
                 format!("no `{}` in `{}`", config::FILE_NAME, project.root.display()),
@@ -193,6 +200,9 @@ impl Context {
         let mut settings = config::load(&path)?;
         if let Some(timeout) = lock_timeout_override()? {
             settings.lock_timeout = timeout;
+        }
+        if let Some(detected) = detect::detect(&project.root.join(&settings.cwd)) {
+            settings.port_hint = detected.port_hint.to_string();
         }
         Ok(settings)
     }
@@ -236,6 +246,26 @@ impl Context {
     pub fn registry(&self, settings: &Settings) -> Result<Registry> {
         Registry::open(&registry::default_dir()?, settings.lock_timeout)
     }
+}
+
+/// Settings for a repository without a config, from what it looks like.
+fn settings_from_detection(project: &Project, detected: &detect::Detected) -> Result<Settings> {
+    crate::output::status(&format!(
+        "no `{}`: detected {} ({}), so running `{}` (`devserver init` writes this down)",
+        config::FILE_NAME,
+        detected.framework,
+        detected.evidence,
+        detected.command
+    ));
+    let source = project
+        .root
+        .join(format!("(detected {})", detected.framework));
+    let mut settings = config::parse(&detected.config(), &source)?;
+    settings.port_hint = detected.port_hint.to_string();
+    if let Some(timeout) = lock_timeout_override()? {
+        settings.lock_timeout = timeout;
+    }
+    Ok(settings)
 }
 
 fn lock_timeout_override() -> Result<Option<Duration>> {

@@ -387,13 +387,22 @@ fn attempt_once(registry: &Registry, plan: &SpawnPlan, entry: &Entry) -> Result<
                 &tail,
             ))
         }
+        Waited::WrongPort(ports) => Err(unhealthy(
+            entry,
+            format!(
+                "the server ignored its port {}{}; stopped it",
+                entry.port,
+                describe_elsewhere(&ports, &plan.settings.port_hint),
+            ),
+            &tail,
+        )),
         Waited::TimedOut(elsewhere) => Err(unhealthy(
             entry,
             format!(
                 "the server did not answer on port {} within {}{}; stopped it and freed the port",
                 entry.port,
                 humantime::format_duration(plan.settings.health.timeout),
-                describe_elsewhere(&elsewhere),
+                describe_elsewhere(&elsewhere, &plan.settings.port_hint),
             ),
             &tail,
         )),
@@ -406,26 +415,27 @@ enum Waited {
     Exited,
     /// With the ports the tree listened on instead, if any.
     TimedOut(Vec<u16>),
+    /// The tree listens, but only on these other ports.
+    WrongPort(Vec<u16>),
 }
 
-fn describe_elsewhere(ports: &[u16]) -> String {
+fn describe_elsewhere(ports: &[u16], hint: &str) -> String {
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     match list.len() {
         0 => String::new(),
-        1 => format!(
-            " (it listens on port {} instead: pass it `{{port}}` in `command`)",
-            list[0]
-        ),
-        _ => format!(
-            " (it listens on ports {} instead: pass it `{{port}}` in `command`)",
-            list.join(", ")
-        ),
+        1 => format!(" (it listens on port {} instead; {hint})", list[0]),
+        _ => format!(" (it listens on ports {} instead; {hint})", list.join(", ")),
     }
 }
+
+/// How long the tree may listen only on other ports before the spawn fails:
+/// long enough for a server that opens a helper port before its main one.
+const WRONG_PORT_PATIENCE: Duration = Duration::from_secs(3);
 
 fn wait_healthy(child: &mut Child, plan: &SpawnPlan, port: u16, tree: &TreeSpec) -> Waited {
     let health = &plan.settings.health;
     let deadline = Instant::now() + health.timeout;
+    let mut elsewhere = ElsewhereWatch::default();
     loop {
         if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
             return Waited::Exited;
@@ -439,11 +449,46 @@ fn wait_healthy(child: &mut Child, plan: &SpawnPlan, port: u16, tree: &TreeSpec)
                 None => Waited::Healthy,
             };
         }
+        if let Some(ports) = elsewhere.check(tree, port) {
+            return Waited::WrongPort(ports);
+        }
         if Instant::now() >= deadline {
-            let members: Vec<u32> = process::find_tree(tree).iter().map(|p| p.pid).collect();
-            return Waited::TimedOut(process::listening_ports_of(&members));
+            return Waited::TimedOut(tree_ports(tree));
         }
         std::thread::sleep(poll_interval());
+    }
+}
+
+fn tree_ports(tree: &TreeSpec) -> Vec<u16> {
+    let members: Vec<u32> = process::find_tree(tree).iter().map(|p| p.pid).collect();
+    process::listening_ports_of(&members)
+}
+
+/// Notices a server that listens, but not on the port it was given.
+#[derive(Default)]
+struct ElsewhereWatch {
+    last_scan: Option<Instant>,
+    since: Option<Instant>,
+}
+
+impl ElsewhereWatch {
+    /// The ports the tree listens on instead of `port`, once that has lasted.
+    fn check(&mut self, tree: &TreeSpec, port: u16) -> Option<Vec<u16>> {
+        // A scan of every process: twice a second is plenty.
+        if self
+            .last_scan
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(500))
+        {
+            return None;
+        }
+        self.last_scan = Some(Instant::now());
+        let ports = tree_ports(tree);
+        if ports.is_empty() || ports.contains(&port) {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        (since.elapsed() >= WRONG_PORT_PATIENCE).then_some(ports)
     }
 }
 

@@ -1,6 +1,7 @@
 mod cli;
 mod failures;
 mod gc;
+mod init;
 mod isolated;
 mod run;
 mod shared;
