@@ -4,6 +4,9 @@
 //! messages for people (progress, warnings, errors) go to stderr. `-q`
 //! silences everything on stderr except errors. A closed stdout (`| head`)
 //! surfaces as a `BrokenPipe` error, which `main` treats as success.
+//!
+//! Colour and the spinner appear only when stderr is a terminal and
+//! `NO_COLOR` is not set; everything reads the same without them.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +21,28 @@ fn is_quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
+/// Whether stderr gets colour and animation.
+fn is_fancy() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+fn label(text: &str, style: console::Style) -> String {
+    if is_fancy() {
+        style.force_styling(true).apply_to(text).to_string()
+    } else {
+        text.to_string()
+    }
+}
+
 /// An actionable warning: shown unless `-q`, whatever the log level.
 #[allow(clippy::print_stderr)]
 pub fn warn(message: &str) {
     if !is_quiet() {
-        eprintln!("warning: {message}");
+        eprintln!(
+            "{} {message}",
+            label("warning:", console::Style::new().yellow().bold())
+        );
     }
 }
 
@@ -37,9 +57,41 @@ pub fn status(message: &str) {
 /// An error, always shown, with its hint.
 #[allow(clippy::print_stderr)]
 pub fn error(message: &str, hint: Option<&str>) {
-    eprintln!("error: {message}");
+    eprintln!(
+        "{} {message}",
+        label("error:", console::Style::new().red().bold())
+    );
     if let Some(hint) = hint {
-        eprintln!("hint: {hint}");
+        eprintln!(
+            "{} {hint}",
+            label("hint:", console::Style::new().cyan().bold())
+        );
+    }
+}
+
+/// A spinner with the elapsed time, on a terminal only; cleared on drop.
+pub struct Spinner(Option<indicatif::ProgressBar>);
+
+impl Spinner {
+    pub fn start(message: &str) -> Spinner {
+        if is_quiet() || !is_fancy() {
+            return Spinner(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+            bar.set_style(style);
+        }
+        bar.set_message(message.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Spinner(Some(bar))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
     }
 }
 

@@ -196,6 +196,11 @@ impl Run {
         self
     }
 
+    pub fn env_remove(mut self, key: &str) -> Run {
+        self.command.env_remove(key);
+        self
+    }
+
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Run {
         self.command.current_dir(dir);
         self

@@ -96,7 +96,11 @@ impl Args {
             self.plan(project, settings)?
         };
         let registry = context.registry(&plan.settings)?;
-        let spawned = lifecycle::spawn(&registry, &plan)?;
+        let spinner =
+            output::Spinner::start(&format!("starting the server of `{}`", self.agent.agent));
+        let spawned = lifecycle::spawn(&registry, &plan);
+        drop(spinner);
+        let spawned = spawned?;
         self.announce(&spawned.entry, spawned.existing, shared);
         Ok(Started {
             entry: spawned.entry,

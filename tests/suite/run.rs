@@ -197,3 +197,29 @@ fn the_man_page_is_generated_from_the_cli() {
     );
     assert!(out.stdout.contains("spawn"));
 }
+
+#[test]
+fn no_colour_or_spinner_when_stderr_is_not_a_terminal() {
+    let world = World::new();
+    let spawned = world
+        .ds(&["spawn", "--agent", "a"])
+        .env_remove("NO_COLOR")
+        .ok();
+    let failed = world
+        .ds(&["url", "--agent", "nope"])
+        .env_remove("NO_COLOR")
+        .run()
+        .code(7);
+    for text in [&spawned.stderr, &failed.stderr] {
+        assert!(!text.contains('\u{1b}'), "escape codes in {text:?}");
+    }
+    assert!(failed.stderr.starts_with("error: "), "{}", failed.stderr);
+}
+
+#[test]
+fn quiet_prints_only_the_data() {
+    let world = World::new();
+    let out = world.ds(&["-q", "spawn", "--agent", "a"]).ok();
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert!(out.stdout.trim().starts_with("http://"));
+}
