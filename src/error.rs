@@ -25,6 +25,8 @@ pub enum Code {
     NoPort = 6,
     /// No such instance.
     NoInstance = 7,
+    /// Interrupted by a signal (SIGINT, SIGTERM or SIGHUP) and rolled back.
+    Interrupted = 130,
 }
 
 impl Code {
@@ -44,7 +46,8 @@ Exit codes:
   4  server did not become healthy
   5  refused because the instance is in use
   6  no free port in the range
-  7  no such instance";
+  7  no such instance
+  130  interrupted (SIGINT, SIGTERM or SIGHUP); what it had made was undone";
 
 /// An error that carries its exit code and an optional hint for the user.
 #[derive(Debug)]

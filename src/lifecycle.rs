@@ -15,6 +15,7 @@ mod spawn;
 mod stop;
 mod view;
 
+use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 pub use spawn::{spawn, SpawnPlan};
@@ -44,14 +45,26 @@ pub fn instance_key(project: &Path, project_name: &str, agent: &str) -> String {
 /// The state of `entry` checked against reality, cheaply: recorded
 /// processes by fingerprint, and for a running instance, its port.
 pub fn live_state(entry: &Entry) -> State {
+    live_state_with(entry, None)
+}
+
+/// [`live_state`], with the machine's listening ports read once for many
+/// entries (`list`); `None` probes the port with a connection instead.
+pub fn live_state_with(entry: &Entry, listening: Option<&HashSet<u16>>) -> State {
     if !entry.state.is_active() {
         return entry.state;
     }
     if !is_alive(entry) {
         return State::Exited;
     }
+    let answers = || {
+        listening.map_or_else(
+            || ports::accepts(entry.port),
+            |all| all.contains(&entry.port),
+        )
+    };
     match entry.state {
-        State::Running | State::Unhealthy if !ports::accepts(entry.port) => State::Unhealthy,
+        State::Running | State::Unhealthy if !answers() => State::Unhealthy,
         State::Unhealthy => State::Running,
         state => state,
     }

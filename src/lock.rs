@@ -58,7 +58,8 @@ impl FileLock {
                 announced = true;
             }
             std::thread::sleep(pause.min(timeout.saturating_sub(start.elapsed())));
-            pause = (pause * 2).min(Duration::from_millis(20));
+            // Short pauses: a registry critical section lasts milliseconds.
+            pause = (pause * 2).min(Duration::from_millis(4));
         }
 
         tracing::trace!(path = %path.display(), waited_ms = start.elapsed().as_millis() as u64, "acquired {what}");

@@ -756,6 +756,26 @@ pub fn listening_ports_of(pids: &[u32]) -> Vec<u16> {
     ports
 }
 
+/// Every port some socket listens on (any address, IPv4 or IPv6), from one
+/// read of the kernel's tables; `None` when they cannot be read.
+#[must_use]
+pub fn all_listening_ports() -> Option<std::collections::HashSet<u16>> {
+    let tables: Vec<String> = TCP_TABLES
+        .iter()
+        .filter_map(|path| fs_err::read_to_string(path).ok())
+        .collect();
+    if tables.is_empty() {
+        return None;
+    }
+    Some(
+        tables
+            .iter()
+            .flat_map(|t| parse_tcp_table(t))
+            .map(|l| l.port)
+            .collect(),
+    )
+}
+
 fn listeners() -> Vec<Listener> {
     TCP_TABLES
         .iter()

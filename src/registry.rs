@@ -134,6 +134,10 @@ pub struct Entry {
     pub created_worktree: bool,
     /// Whether devserver created the branch (and so may delete it).
     pub created_branch: bool,
+    /// Set while a spawn is making the worktree: if that spawn is killed,
+    /// the worktree may be half checked out and is removed, not reused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worktree_pending: bool,
     /// Unique per start; set in the server's environment as
     /// `DEVSERVER_INSTANCE=<token>` so every descendant can be found.
     pub token: String,
@@ -243,6 +247,11 @@ impl Registry {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How long to wait for a lock before giving up.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
     }
 
     /// The prefix of every instance token this registry hands out.
@@ -376,8 +385,9 @@ impl Registry {
 
         let written = write_synced(&tmp, &bytes).and_then(|()| {
             self.keep_backup(&path)?;
-            fs_err::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
+            // The directory is not fsynced: after a power loss the rename may
+            // be lost, which leaves the previous version, a complete file.
+            fs_err::rename(&tmp, &path)
         });
         if written.is_err() {
             let _ = fs_err::remove_file(&tmp);
@@ -437,10 +447,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs_err::File::open(dir)?.sync_all()
 }
 
 /// The current time in unix seconds.
@@ -542,6 +548,7 @@ mod tests {
             admin_name: agent.into(),
             created_worktree: true,
             created_branch: true,
+            worktree_pending: false,
             token: "t".into(),
             spawner: None,
             monitor: None,

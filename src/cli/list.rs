@@ -7,6 +7,7 @@ use anyhow::Result;
 use super::Context;
 use crate::lifecycle::View;
 use crate::output;
+use crate::process;
 
 /// List instances with their live state: agent, state, URL, port, pid,
 /// branch, worktree and uptime.
@@ -34,11 +35,13 @@ impl Args {
         let registry = context.registry_for(project.as_ref())?;
 
         let snapshot = registry.load()?;
+        // One read of the kernel's socket tables instead of a probe per entry.
+        let listening = process::all_listening_ports();
         let views: Vec<View> = snapshot
             .instances
             .iter()
             .filter(|e| project.as_ref().is_none_or(|p| e.project == p.id))
-            .map(View::of)
+            .map(|e| View::with_ports(e, listening.as_ref()))
             .collect();
 
         if self.json {

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::{AgentArg, Context};
 use crate::config::{self, Settings};
@@ -151,6 +153,7 @@ impl Args {
         let user = self.lease(&settings)?;
         let name = git::head_name(&project.root).unwrap_or_default();
         Ok(SpawnPlan {
+            interrupted: interrupt_flag()?,
             worktree: project.root.clone(),
             project,
             settings,
@@ -202,6 +205,7 @@ impl Args {
         );
         let worktree = lifecycle::normalize(&project.root.join(dir).join(&agent));
         Ok(SpawnPlan {
+            interrupted: interrupt_flag()?,
             project,
             settings,
             agent,
@@ -212,6 +216,17 @@ impl Args {
             worktree,
         })
     }
+}
+
+/// A flag that SIGINT, SIGTERM and SIGHUP set instead of killing devserver,
+/// so a spawn can undo what it made before it exits.
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .context("cannot install the signal handlers")?;
+    }
+    Ok(flag)
 }
 
 /// A spawned (or joined) instance, for commands that go on using it.

@@ -32,12 +32,12 @@ pub struct Args {
         short = 'a',
         env = "DEVSERVER_AGENT",
         value_parser = crate::agent::parse,
-        allow_hyphen_values = true,
-        conflicts_with = "all"
+        allow_hyphen_values = true
     )]
     agent: Option<String>,
 
-    /// Stop every instance of this repository.
+    /// Stop every instance of this repository (`--agent` and
+    /// `DEVSERVER_AGENT` are then ignored).
     #[arg(long)]
     all: bool,
 
@@ -64,8 +64,8 @@ impl Args {
                 .into());
         }
         let agents = match &self.agent {
+            _ if self.all => this_projects_agents(&registry, &project)?,
             Some(agent) => vec![agent.clone()],
-            None if self.all => this_projects_agents(&registry, &project)?,
             None => return Err(Failure::new(
                 Code::Usage,
                 "name the agent to stop with `--agent ID`",
@@ -127,10 +127,14 @@ impl Args {
 
         if self.remove {
             lifecycle::remove(registry, project, &report.entry, self.force)?;
-            output::status(&format!(
-                "removed the worktree `{}` and the instance of agent `{agent}`",
-                report.entry.worktree.display()
-            ));
+            if report.entry.created_worktree {
+                output::status(&format!(
+                    "removed the worktree `{}` and the instance of agent `{agent}`",
+                    report.entry.worktree.display()
+                ));
+            } else {
+                output::status(&format!("removed the instance of agent `{agent}`"));
+            }
         }
         Ok(())
     }

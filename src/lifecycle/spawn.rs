@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -41,6 +43,9 @@ pub struct SpawnPlan {
     pub port: Option<u16>,
     /// Where a new worktree goes.
     pub worktree: PathBuf,
+    /// Set by the CLI's signal handler (SIGINT, SIGTERM, SIGHUP): the spawn
+    /// stops where it is and undoes what it made.
+    pub interrupted: Arc<AtomicBool>,
 }
 
 /// The result of a spawn.
@@ -61,6 +66,7 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
     let wait = settings.lock_timeout + settings.health.timeout + settings.stop_grace * 2;
     let _instance = registry.lock_instance(&key, wait)?;
 
+    recover_interrupted(registry, plan)?;
     if let Some(entry) = existing(registry, plan)? {
         return Ok(Spawned {
             entry,
@@ -78,6 +84,57 @@ pub fn spawn(registry: &Registry, plan: &SpawnPlan) -> Result<Spawned> {
         }),
         Err(err) => Err(roll_back(registry, plan, previous, &made, &token, err)),
     }
+}
+
+/// Cleans up after an earlier spawn of this agent that was killed part-way
+/// (its spawner is gone, and the entry still says `starting`, or a worktree
+/// was being made): its processes are stopped and a half-made worktree is
+/// removed, so this spawn starts clean instead of reusing either.
+fn recover_interrupted(registry: &Registry, plan: &SpawnPlan) -> Result<()> {
+    let snapshot = registry.load_for_write()?;
+    let Some(entry) = snapshot.find(&plan.project.id, &plan.agent).cloned() else {
+        return Ok(());
+    };
+    let spawner_gone = entry.spawner.is_none_or(|p| !p.is_alive());
+    if !spawner_gone || !(entry.state == State::Starting || entry.worktree_pending) {
+        return Ok(());
+    }
+    output::warn(&format!(
+        "the previous spawn of agent `{}` was interrupted; cleaning up after it",
+        entry.agent
+    ));
+    if process::is_tree_alive(&entry.tree()) || is_alive(&entry) {
+        super::stop::stop_locked(
+            registry,
+            &plan.project,
+            &entry.agent,
+            "a new spawn (the previous one was interrupted)",
+        )?;
+    }
+    if entry.worktree_pending {
+        let branch = entry.created_branch.then_some(entry.branch.as_str());
+        git::remove_worktree(&plan.project, &entry.admin_name, &entry.worktree, branch)
+            .with_context(|| {
+                format!(
+                    "cannot remove the half-made worktree `{}`",
+                    entry.worktree.display()
+                )
+            })?;
+    }
+    registry.update(|s| {
+        if let Some(e) = s.find_mut(&plan.project.id, &plan.agent) {
+            if e.worktree_pending {
+                e.worktree_pending = false;
+                e.created_worktree = false;
+                e.created_branch = false;
+            }
+            if e.state == State::Starting {
+                e.state = State::Exited;
+            }
+            e.spawner = None;
+        }
+        Ok(())
+    })
 }
 
 /// The running instance of the agent, if there is a healthy one. In shared
@@ -98,6 +155,20 @@ fn existing(registry: &Registry, plan: &SpawnPlan) -> Result<Option<Entry>> {
     let Some(entry) = found.as_ref() else {
         return Ok(None);
     };
+    if let Some(port) = plan.port.filter(|p| *p != entry.port) {
+        return Err(Failure::new(
+            Code::Error,
+            format!(
+                "agent `{}` already runs on port {}, not {port}",
+                entry.agent, entry.port
+            ),
+        )
+        .with_hint(format!(
+            "stop it first (`devserver stop --agent {}`) to move it to port {port}",
+            entry.agent
+        ))
+        .into());
+    }
     if health::probe(
         entry.port,
         &plan.settings.health.probe,
@@ -166,6 +237,7 @@ fn reserve(
             .map_or_else(|| admin_name(&plan.agent), |e| e.admin_name.clone()),
         created_worktree: previous.as_ref().is_some_and(|e| e.created_worktree),
         created_branch: previous.as_ref().is_some_and(|e| e.created_branch),
+        worktree_pending: false,
         token: token.to_string(),
         spawner: Some(ProcRef::current()),
         monitor: None,
@@ -284,11 +356,19 @@ fn start(
         path: entry.worktree.clone(),
         branch: plan.branch.clone(),
     };
+    let fresh = !git::is_worktree_of(&plan.project, &request.path);
+    if fresh {
+        prepare_fresh_worktree(registry, plan, &mut entry)?;
+    }
     let worktree = git::ensure_worktree(&plan.project, &request)
         .with_context(|| format!("cannot prepare the worktree `{}`", request.path.display()))?;
     if worktree.created {
         made.worktree = Some(worktree.clone());
         made.admin_name.clone_from(&entry.admin_name);
+    }
+    ensure_not_interrupted(plan)?;
+    if !fresh {
+        warn_if_reused_differs(plan, &worktree);
     }
     entry.branch.clone_from(&worktree.branch);
     entry.created_worktree |= worktree.created;
@@ -297,12 +377,77 @@ fn start(
         e.branch.clone_from(&entry.branch);
         e.created_worktree = entry.created_worktree;
         e.created_branch = entry.created_branch;
+        e.worktree_pending = false;
     })?;
 
     if worktree.created {
         set_up(plan, &entry)?;
+        ensure_not_interrupted(plan)?;
     }
     run_attempts(registry, plan, entry)
+}
+
+/// Before a worktree is made: prunes the admin entry of a worktree of ours
+/// whose directory was deleted (C22), and records that a worktree is being
+/// made, so a spawn killed meanwhile is cleaned up by the next one.
+fn prepare_fresh_worktree(registry: &Registry, plan: &SpawnPlan, entry: &mut Entry) -> Result<()> {
+    if entry.created_worktree && !entry.worktree.exists() {
+        if let Some(work) = git::admin_entry_work(&plan.project, &entry.admin_name) {
+            return Err(Failure::new(
+                Code::Error,
+                format!(
+                    "the worktree `{}` of agent `{}` is missing, but its admin entry holds {work}",
+                    entry.worktree.display(),
+                    entry.agent
+                ),
+            )
+            .with_hint("restore the directory (was it moved?), or remove it with `git worktree remove --force`")
+            .into());
+        }
+        git::remove_worktree(&plan.project, &entry.admin_name, &entry.worktree, None)
+            .with_context(|| {
+                format!(
+                    "cannot prune the missing worktree `{}`",
+                    entry.worktree.display()
+                )
+            })?;
+    }
+
+    let new_branch = match &plan.branch {
+        BranchChoice::New { name, .. } => !git::branch_exists(&plan.project, name),
+        BranchChoice::Existing { .. } => false,
+    };
+    entry.created_worktree = true;
+    entry.created_branch = new_branch;
+    record(registry, entry, |e| {
+        e.created_worktree = true;
+        e.created_branch = new_branch;
+        e.worktree_pending = true;
+    })
+}
+
+/// Says so when a reused worktree is not on the branch that was asked for.
+fn warn_if_reused_differs(plan: &SpawnPlan, worktree: &git::Worktree) {
+    if let BranchChoice::Existing { name } = &plan.branch {
+        if *name != worktree.branch {
+            output::warn(&format!(
+                "reusing the agent's worktree as it is, on branch `{}`; `--branch {name}` applies to a new worktree only",
+                worktree.branch
+            ));
+        }
+    }
+}
+
+/// Fails with [`Interrupted`] once the CLI got SIGINT, SIGTERM or SIGHUP.
+fn ensure_not_interrupted(plan: &SpawnPlan) -> Result<()> {
+    if plan.interrupted.load(Ordering::Relaxed) {
+        return Err(Failure::new(
+            Code::Interrupted,
+            "interrupted; undid what this spawn had made",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Starts the server, moving to a new port when another process takes its
@@ -387,12 +532,17 @@ fn attempt_once(registry: &Registry, plan: &SpawnPlan, entry: &Entry) -> Result<
                 &tail,
             ))
         }
+        Waited::Interrupted => Err(Failure::new(
+            Code::Interrupted,
+            "interrupted; stopped the server and undid what this spawn had made",
+        )
+        .into()),
         Waited::WrongPort(ports) => Err(unhealthy(
             entry,
             format!(
                 "the server ignored its port {}{}; stopped it",
                 entry.port,
-                describe_elsewhere(&ports, &plan.settings.port_hint),
+                describe_elsewhere(&ports, entry.port, &plan.settings.port_hint),
             ),
             &tail,
         )),
@@ -402,7 +552,7 @@ fn attempt_once(registry: &Registry, plan: &SpawnPlan, entry: &Entry) -> Result<
                 "the server did not answer on port {} within {}{}; stopped it and freed the port",
                 entry.port,
                 humantime::format_duration(plan.settings.health.timeout),
-                describe_elsewhere(&elsewhere, &plan.settings.port_hint),
+                describe_elsewhere(&elsewhere, entry.port, &plan.settings.port_hint),
             ),
             &tail,
         )),
@@ -417,9 +567,13 @@ enum Waited {
     TimedOut(Vec<u16>),
     /// The tree listens, but only on these other ports.
     WrongPort(Vec<u16>),
+    Interrupted,
 }
 
-fn describe_elsewhere(ports: &[u16], hint: &str) -> String {
+fn describe_elsewhere(ports: &[u16], own: u16, hint: &str) -> String {
+    if ports.contains(&own) {
+        return format!(" (it listens on port {own}, but does not answer the health check: an HTTP status of 500 or more, or no HTTP answer)");
+    }
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     match list.len() {
         0 => String::new(),
@@ -439,6 +593,9 @@ fn wait_healthy(child: &mut Child, plan: &SpawnPlan, port: u16, tree: &TreeSpec)
     loop {
         if matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
             return Waited::Exited;
+        }
+        if plan.interrupted.load(Ordering::Relaxed) {
+            return Waited::Interrupted;
         }
         let budget = deadline
             .saturating_duration_since(Instant::now())

@@ -34,7 +34,9 @@ pub fn stop(registry: &Registry, project: &Project, agent: &str, by: &str) -> Re
     let key = instance_key(&project.id, &project.name, agent);
     let entry = find(registry, project, agent)?;
     let grace = Duration::from_millis(entry.grace_ms);
-    let _instance = registry.lock_instance(&key, grace * 2 + Duration::from_secs(90))?;
+    // A spawn of the agent under way holds this lock while it warms up;
+    // waiting is bounded by the lock timeout, like every lock wait.
+    let _instance = registry.lock_instance(&key, registry.lock_timeout().max(grace))?;
     stop_locked(registry, project, agent, by)
 }
 
@@ -152,10 +154,11 @@ fn ensure_port_released(entry: &Entry) -> Result<()> {
 /// Removes a stopped instance's worktree and branch (when devserver made
 /// them) and its entry. Refuses, unless `force`, when that would lose work.
 pub fn remove(registry: &Registry, project: &Project, entry: &Entry, force: bool) -> Result<()> {
-    if entry.created_worktree && entry.worktree.exists() {
-        if !force {
+    if entry.created_worktree {
+        if !force && entry.worktree.exists() {
             ensure_no_loss(project, entry)?;
         }
+        // Also when the directory is gone: its admin entry and branch go too.
         let branch = entry.created_branch.then_some(entry.branch.as_str());
         git::remove_worktree(project, &entry.admin_name, &entry.worktree, branch)?;
     } else if entry.worktree.exists() {

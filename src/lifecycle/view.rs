@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::live_state;
+use std::collections::HashSet;
+
+use super::live_state_with;
 use super::shared::rfc3339;
 use crate::registry::{Entry, Mode};
 
@@ -48,7 +50,12 @@ pub struct UserView {
 impl View {
     /// The view of `entry`, with its state checked live.
     pub fn of(entry: &Entry) -> View {
-        let state = live_state(entry);
+        View::with_ports(entry, None)
+    }
+
+    /// [`View::of`] with the listening ports read once (see `live_state_with`).
+    pub fn with_ports(entry: &Entry, listening: Option<&HashSet<u16>>) -> View {
+        let state = live_state_with(entry, listening);
         let running = state.is_active();
         View {
             agent: entry.agent.clone(),

@@ -381,7 +381,8 @@ fn list_all_works_outside_a_git_repository() {
 #[test]
 fn missing_config_hint_shows_a_minimal_config() {
     let world = world();
-    world.git(&["rm", "-q", "devserver.yaml"]);
+    // Nothing to detect either (an `index.html` would be served as a static site).
+    world.git(&["rm", "-q", "devserver.yaml", "index.html"]);
     world.commit("no config");
     let out = world.ds(&["spawn", "--agent", "a"]).run().code(1);
     assert!(

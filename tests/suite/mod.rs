@@ -2,6 +2,7 @@ mod cli;
 mod failures;
 mod gc;
 mod init;
+mod interrupts;
 mod isolated;
 mod run;
 mod shared;
