@@ -57,13 +57,26 @@ pub fn live_state_with(entry: &Entry, listening: Option<&HashSet<u16>>) -> State
     if !is_alive(entry) {
         return State::Exited;
     }
+    // A server whose monitor died is no longer supervised: `gc` stops it.
+    if entry.monitor.is_some_and(|m| !m.is_alive()) {
+        return State::Unhealthy;
+    }
     let answers = || {
         listening.map_or_else(
             || ports::accepts(entry.port),
             |all| all.contains(&entry.port),
         )
     };
+    // A spawn that died after starting its server never recorded the outcome.
+    let spawn_died = entry.state == State::Starting && entry.spawner.is_none_or(|p| !p.is_alive());
     match entry.state {
+        State::Starting if spawn_died => {
+            if answers() {
+                State::Running
+            } else {
+                State::Unhealthy
+            }
+        }
         State::Running | State::Unhealthy if !answers() => State::Unhealthy,
         State::Unhealthy => State::Running,
         state => state,

@@ -39,6 +39,9 @@ use crate::process::{self, ProcRef, TreeSpec};
 /// The registry format this build reads and writes.
 const VERSION: u32 = 1;
 
+/// How a registry written by a newer devserver is described.
+const NEWER: &str = "it has format version";
+
 /// The lifecycle state of an instance, as recorded and as reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -333,6 +336,10 @@ impl Registry {
         };
         let detail = match decode(&bytes) {
             Ok(snapshot) => return Ok((snapshot, false)),
+            // A newer devserver's file is not corrupt: never replace it.
+            Err(detail) if detail.starts_with(NEWER) => {
+                return Err(self.corrupt_error(&path, &detail))
+            }
             Err(detail) => detail,
         };
 
@@ -417,11 +424,39 @@ fn empty() -> Snapshot {
 }
 
 fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs_err::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).context("cannot read the registry"),
-    }
+    use std::io::Read;
+
+    let mut file = match fs_err::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).context("cannot read the registry"),
+    };
+    ensure_trusted_file(path, &file.metadata()?)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// Refuses a registry file that someone else owns or could have written:
+/// it decides which processes devserver signals.
+fn ensure_trusted_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if meta.uid() != me {
+        format!("it is owned by uid {}, not by you (uid {me})", meta.uid())
+    } else if meta.permissions().mode() & 0o022 != 0 {
+        format!(
+            "it is writable by others (mode {:o})",
+            meta.permissions().mode() & 0o777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Failure::new(Code::Error, format!("refusing to trust `{}`: {why}", path.display()))
+        .with_hint("a registry anyone else can write could make devserver signal their processes; check who changed it, then `chmod 600` it")
+        .into())
 }
 
 fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
@@ -431,7 +466,7 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
     if snapshot.version > VERSION {
         return Err(format!(
-            "it has format version {}, newer than this devserver's {VERSION}",
+            "{NEWER} {}, newer than this devserver's {VERSION}",
             snapshot.version
         ));
     }
@@ -460,7 +495,9 @@ pub fn unix_secs() -> u64 {
 pub fn default_dir() -> Result<PathBuf> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(home) = var("DEVSERVER_HOME") {
-        return Ok(PathBuf::from(home));
+        // Relative to where devserver was started, once, so the monitor
+        // (which may run elsewhere) gets the same directory.
+        return Ok(std::path::absolute(PathBuf::from(home))?);
     }
     if let Some(state) = var("XDG_STATE_HOME") {
         return Ok(PathBuf::from(state).join("devserver"));
@@ -513,6 +550,11 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
             "it is writable by others (mode {:o})",
             meta.permissions().mode() & 0o777
         ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        // Readable by others: logs and the registry are nobody else's business.
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .context("cannot make the state directory private")?;
     }
     Ok(())
 }

@@ -71,7 +71,14 @@ pub struct LaunchSpec {
 /// Starts a detached monitor for `spec`. The returned child is the monitor;
 /// the caller may wait on it to learn that the server ended early.
 pub fn launch(spec: &LaunchSpec) -> Result<std::process::Child> {
-    let exe = std::env::current_exe().context("cannot find the devserver executable")?;
+    // /proc/self/exe still works when the binary was replaced meanwhile
+    // (a `cargo install` during a spawn); the path would name a deleted file.
+    let exe = Path::new("/proc/self/exe").to_path_buf();
+    let exe = if exe.exists() {
+        exe
+    } else {
+        std::env::current_exe().context("cannot find the devserver executable")?
+    };
     let log = open_append(&spec.log)?;
 
     let mut command = Command::new(&exe);

@@ -165,8 +165,8 @@ impl Context {
             .into());
         }
         Ok(Context {
+            config: cli.config.as_ref().map(|c| dir.join(c)),
             dir,
-            config: cli.config.as_ref().map(|c| cwd.join(c)),
             shared: cli.shared,
         })
     }

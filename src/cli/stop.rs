@@ -149,11 +149,7 @@ fn this_projects_agents(registry: &Registry, project: &Project) -> Result<Vec<St
         .map(|e| e.agent.clone())
         .collect();
     if agents.is_empty() {
-        return Err(Failure::new(
-            Code::NoInstance,
-            format!("no instances in `{}`", project.root.display()),
-        )
-        .into());
+        output::status(&format!("no instances in `{}`", project.root.display()));
     }
     Ok(agents)
 }

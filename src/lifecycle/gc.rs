@@ -121,10 +121,15 @@ fn collect_processes(
     let alive = is_alive(entry);
     let members = process::find_tree(&tree);
 
-    let why = if entry.state.is_active() && alive && entry.state != State::Starting {
-        lapsed(entry)
-    } else if entry.state == State::Starting && !alive {
+    let monitor_died = entry.monitor.is_some_and(|m| !m.is_alive());
+    let spawn_died = entry.state == State::Starting && entry.spawner.is_none_or(|p| !p.is_alive());
+    let why = if entry.state.is_active() && spawn_died {
         Some("its spawn was killed before it finished".to_string())
+    } else if entry.state.is_active() && alive && monitor_died {
+        // Without its monitor nothing reaps, logs or stops the server (C12).
+        Some("its monitor died".to_string())
+    } else if entry.state.is_active() && alive && entry.state != State::Starting {
+        lapsed(entry)
     } else if entry.state.is_active() && !alive {
         Some("its server is gone".to_string())
     } else if !entry.state.is_active() && !members.is_empty() {
@@ -138,6 +143,24 @@ fn collect_processes(
     let Some(why) = why else {
         return Ok(None);
     };
+    // The spawn was killed after its server came up (or its last write was
+    // lost with a corrupt registry): a server that answers is kept.
+    if spawn_died && !monitor_died && alive && crate::ports::accepts(entry.port) {
+        if !dry_run {
+            mark_running(registry, entry)?;
+        }
+        let action = if dry_run {
+            "would mark it running"
+        } else {
+            "marked it running"
+        };
+        return Ok(Some(finding(
+            entry,
+            "its spawn ended before recording that the server answers",
+            action,
+            !dry_run,
+        )));
+    }
     if dry_run {
         return Ok(Some(finding(
             entry,
@@ -176,6 +199,19 @@ fn lapsed(entry: &Entry) -> Option<String> {
             (idle_for >= grace).then(|| "no live users are left".into())
         }
     }
+}
+
+fn mark_running(registry: &Registry, entry: &Entry) -> Result<()> {
+    registry.update(|s| {
+        if let Some(e) = s
+            .find_mut(&entry.project, &entry.agent)
+            .filter(|e| e.token == entry.token)
+        {
+            e.state = State::Running;
+            e.spawner = None;
+        }
+        Ok(())
+    })
 }
 
 fn mark_exited(registry: &Registry, entry: &Entry, why: &str) -> Result<()> {

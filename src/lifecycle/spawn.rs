@@ -96,7 +96,9 @@ fn recover_interrupted(registry: &Registry, plan: &SpawnPlan) -> Result<()> {
         return Ok(());
     };
     let spawner_gone = entry.spawner.is_none_or(|p| !p.is_alive());
-    if !spawner_gone || !(entry.state == State::Starting || entry.worktree_pending) {
+    let monitor_died = entry.state.is_active() && entry.monitor.is_some_and(|m| !m.is_alive());
+    let killed = spawner_gone && (entry.state == State::Starting || entry.worktree_pending);
+    if !killed && !monitor_died {
         return Ok(());
     }
     output::warn(&format!(
@@ -453,6 +455,19 @@ fn ensure_not_interrupted(plan: &SpawnPlan) -> Result<()> {
 /// Starts the server, moving to a new port when another process takes its
 /// port during warm-up (C02), at most [`PORT_ATTEMPTS`] times.
 fn run_attempts(registry: &Registry, plan: &SpawnPlan, mut entry: Entry) -> Result<Entry> {
+    let cwd = entry.worktree.join(&plan.settings.cwd);
+    if !cwd.is_dir() {
+        return Err(Failure::new(
+            Code::Error,
+            format!(
+                "`cwd: {}` names no directory in `{}`",
+                plan.settings.cwd.display(),
+                entry.worktree.display()
+            ),
+        )
+        .with_hint(format!("fix `cwd` in `{}`", plan.settings.source.display()))
+        .into());
+    }
     let mut tried = HashSet::new();
     for attempt in 1..=PORT_ATTEMPTS {
         entry.url = url_for(plan, &entry);

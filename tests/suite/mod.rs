@@ -1,5 +1,6 @@
 mod cli;
 mod failures;
+mod faults;
 mod gc;
 mod init;
 mod interrupts;
