@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --release --locked
-exec python3 scripts/bench.py --devserver "$PWD/target/release/devserver" "$@"
+python3 scripts/bench.py --devserver "$PWD/target/release/devserver" "$@"
