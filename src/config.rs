@@ -219,7 +219,43 @@ pub fn parse(text: &str, path: &Path) -> Result<Settings> {
     } else {
         serde_yaml::from_str(text).map_err(|err| invalid(path, &with_line(&err, text)))?
     };
-    resolve(file, path)
+    resolve(file, path).map_err(|err| add_line(err, text))
+}
+
+/// Adds the line to a validation error that names its key (`ports.range`),
+/// as the parser does for type errors.
+fn add_line(err: anyhow::Error, text: &str) -> anyhow::Error {
+    let Some(failure) = err.downcast_ref::<Failure>() else {
+        return err;
+    };
+    let key = failure.message.split('`').skip(3).step_by(2).find(|k| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+    });
+    let line = key.and_then(|key| line_of(text, key));
+    match line {
+        Some(line) if !failure.message.contains(" line ") => {
+            let mut failure =
+                Failure::new(failure.code, format!("{} (line {line})", failure.message));
+            failure.hint = err.downcast_ref::<Failure>().and_then(|f| f.hint.clone());
+            failure.into()
+        }
+        _ => err,
+    }
+}
+
+/// The 1-based line where the last part of a dotted key is written.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit('.').next()?;
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(leaf)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                || l.contains(&format!("{leaf}:"))
+        })
+        .map(|i| i + 1)
 }
 
 /// The parser's message, with the line added where serde_yaml leaves it out
@@ -489,6 +525,16 @@ mod tests {
         assert!(msg.contains("devserver.yaml"), "{msg}");
         assert!(msg.contains("htp"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[rstest]
+    #[case("command: x\nports:\n  range: 6000-5000\n", "line 3")]
+    #[case("command: x\nhealth: {http: nopath}\n", "line 2")]
+    #[case("command: x\nlog:\n  max_size: 10Q\n", "line 3")]
+    #[case("command: x\ncwd: ../up\n", "line 2")]
+    fn invalid_values_name_their_line(#[case] text: &str, #[case] line: &str) {
+        let msg = parse_err(text);
+        assert!(msg.contains(line), "{msg}");
     }
 
     #[test]

@@ -242,6 +242,7 @@ impl Registry {
         for sub in ["locks", "logs"] {
             ensure_private_dir(&dir.join(sub))?;
         }
+        warn_if_networked(dir);
         Ok(Registry {
             dir: dir.to_path_buf(),
             lock_timeout,
@@ -559,6 +560,41 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Warns when the state directory is on a network or FUSE filesystem, where
+/// `flock` may not exclude processes on other machines (C19).
+fn warn_if_networked(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `path` is NUL-terminated and `stats` is written by statfs only.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stats) } != 0 {
+        return;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    if let Some(kind) = network_filesystem(stats.f_type as i64) {
+        crate::output::warn(&format!(
+            "the state directory `{}` is on {kind}, where file locks may not protect against other machines; keep `DEVSERVER_HOME` on a local disk",
+            dir.display()
+        ));
+    }
+}
+
+/// The name of a network (or FUSE) filesystem from its statfs magic number.
+fn network_filesystem(magic: i64) -> Option<&'static str> {
+    match magic {
+        0x6969 => Some("NFS"),
+        0x517b => Some("SMB"),
+        0xff53_4d42 | 0xfe53_4d42 => Some("CIFS/SMB2"),
+        0x6573_5546 => Some("a FUSE filesystem"),
+        0x00c3_6400 => Some("CephFS"),
+        0x0102_1997 => Some("9P"),
+        _ => None,
+    }
+}
+
 /// A stable 64-bit FNV-1a hash, for file names and preferred ports. Stable
 /// across builds and Rust versions, unlike `std`'s default hasher.
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {
@@ -715,6 +751,14 @@ mod tests {
         let (_dir, reg) = registry();
         reg.update(|_| Ok(())).expect("noop");
         assert!(!reg.file().exists());
+    }
+
+    #[test]
+    fn c19_network_filesystems_are_recognised() {
+        assert_eq!(network_filesystem(0x6969), Some("NFS"));
+        assert_eq!(network_filesystem(0x6573_5546), Some("a FUSE filesystem"));
+        assert_eq!(network_filesystem(0xef53), None, "ext4 is local");
+        assert_eq!(network_filesystem(0x0102_1994), None, "tmpfs is local");
     }
 
     #[test]
