@@ -268,6 +268,20 @@ impl Outcome {
     }
 }
 
+/// Waits for devserver runs started with [`Run::start`]; asserts each
+/// succeeded and returns what each printed on stdout, trimmed.
+pub fn outputs_of(children: Vec<std::process::Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().expect("wait");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect()
+}
+
 /// GETs `url` and returns the body, or None when nothing answers.
 pub fn get(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;

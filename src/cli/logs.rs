@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::{AgentArg, Context};
-use crate::error::{Code, Failure};
-use crate::lifecycle::{self, shared};
+use crate::lifecycle;
 use crate::supervisor::rotated_path;
 
 /// Print the last lines of the agent's server log (stdout and stderr).
@@ -35,24 +34,9 @@ impl Args {
         let project = context.project()?;
         let registry = context.registry_for(Some(&project))?;
         let agent = &self.agent.agent;
-        shared::renew(
-            &registry,
-            &project,
-            agent,
-            agent,
-            context.lease_ttl(&project),
-        )?;
-        let Some(entry) = registry.load()?.find(&project.id, agent).cloned() else {
-            return Err(Failure::new(
-                Code::NoInstance,
-                format!(
-                    "agent `{agent}` has no instance in `{}`",
-                    project.root.display()
-                ),
-            )
-            .with_hint("`devserver list` shows the instances of this repository")
-            .into());
-        };
+        let entry = context
+            .agent_entry(&registry, &project, agent)?
+            .ok_or_else(|| super::no_instance(agent, &project))?;
 
         let mut out = std::io::stdout().lock();
         out.write_all(tail(&entry.log, self.lines).as_bytes())?;

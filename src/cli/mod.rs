@@ -114,6 +114,21 @@ impl MaybeAgentArg {
     }
 }
 
+/// The error for an agent without an instance in `project` (exit code 7).
+pub fn no_instance(agent: &str, project: &Project) -> anyhow::Error {
+    Failure::new(
+        Code::NoInstance,
+        format!(
+            "agent `{agent}` has no instance in `{}`",
+            project.root.display()
+        ),
+    )
+    .with_hint(format!(
+        "start it with `devserver spawn --agent {agent}`; `devserver list` shows the instances"
+    ))
+    .into()
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     // These need neither a directory nor a repository.
@@ -234,6 +249,18 @@ impl Context {
     fn lenient_settings(&self, project: &Project) -> Option<Settings> {
         let path = config::locate(&project.root, self.config.as_deref())?;
         config::load(&path).ok()
+    }
+
+    /// The agent's entry, after renewing its lease (any command naming the
+    /// agent does). `None` when the agent has no instance.
+    pub fn agent_entry(
+        &self,
+        registry: &Registry,
+        project: &Project,
+        agent: &str,
+    ) -> Result<Option<crate::registry::Entry>> {
+        crate::lifecycle::shared::renew(registry, project, agent, agent, self.lease_ttl(project))?;
+        Ok(registry.load()?.find(&project.id, agent).cloned())
     }
 
     /// The lease time-to-live of the project's config (default 4 h).

@@ -3,7 +3,6 @@
 use anyhow::Result;
 
 use super::{Context, MaybeAgentArg};
-use crate::error::{Code, Failure};
 use crate::lifecycle::{shared, View};
 use crate::output;
 use crate::registry::SHARED_AGENT;
@@ -44,27 +43,10 @@ impl Args {
             return self.print(&View::of(entry));
         }
         let agent = self.agent.require()?;
-        shared::renew(
-            &registry,
-            &project,
-            agent,
-            agent,
-            context.lease_ttl(&project),
-        )?;
-
-        let snapshot = registry.load()?;
-        let Some(entry) = snapshot.find(&project.id, agent) else {
-            return Err(Failure::new(
-                Code::NoInstance,
-                format!(
-                    "agent `{agent}` has no instance in `{}`",
-                    project.root.display()
-                ),
-            )
-            .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
-            .into());
-        };
-        self.print(&View::of(entry))
+        let entry = context
+            .agent_entry(&registry, &project, agent)?
+            .ok_or_else(|| super::no_instance(agent, &project))?;
+        self.print(&View::of(&entry))
     }
 
     fn print(&self, view: &View) -> Result<()> {

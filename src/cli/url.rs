@@ -28,29 +28,22 @@ impl Args {
             return self.run_shared(&registry, &project, context);
         }
         let agent = self.agent.require()?;
-        shared::renew(
-            &registry,
-            &project,
-            agent,
-            agent,
-            context.lease_ttl(&project),
-        )?;
-
-        let snapshot = registry.load()?;
-        let entry = snapshot.find(&project.id, agent);
-        match entry.filter(|e| is_running(e)) {
+        let entry = context.agent_entry(&registry, &project, agent)?;
+        match entry.as_ref().filter(|e| is_running(e)) {
             Some(entry) => Ok(output::data(&entry.url)?),
-            None => {
-                let why = entry.map_or("has no instance".into(), |e| {
-                    format!("is {}", lifecycle::live_state(e).as_str())
-                });
-                Err(Failure::new(
-                    Code::NoInstance,
-                    format!("agent `{agent}` {why} in `{}`", project.root.display()),
-                )
-                .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
-                .into())
-            }
+            None if entry.is_none() => Err(super::no_instance(agent, &project)),
+            None => Err(Failure::new(
+                Code::NoInstance,
+                format!(
+                    "agent `{agent}` is {} in `{}`",
+                    entry
+                        .as_ref()
+                        .map_or("gone", |e| lifecycle::live_state(e).as_str()),
+                    project.root.display()
+                ),
+            )
+            .with_hint(format!("start it with `devserver spawn --agent {agent}`"))
+            .into()),
         }
     }
 

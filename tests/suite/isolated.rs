@@ -19,18 +19,7 @@ fn eight_concurrent_spawns_get_distinct_ports_and_healthy_servers() {
         .iter()
         .map(|a| world.ds(&["spawn", "--agent", a]).start())
         .collect();
-    let urls: Vec<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
-        .collect();
+    let urls = outputs_of(children);
 
     let ports: std::collections::HashSet<u16> = urls.iter().map(|u| port_of(u)).collect();
     assert_eq!(ports.len(), 8, "ports must be distinct: {urls:?}");
@@ -79,18 +68,7 @@ fn two_spawns_of_one_agent_at_once_make_one_instance() {
     let world = World::with_config(&format!("command: {}\n", server("--delay 1")));
     let one = world.ds(&["spawn", "--agent", "a"]).start();
     let two = world.ds(&["spawn", "--agent", "a"]).start();
-    let urls: Vec<String> = [one, two]
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
-        .collect();
+    let urls = outputs_of(vec![one, two]);
     assert_eq!(urls[0], urls[1]);
     assert_eq!(world.list().len(), 1);
 }

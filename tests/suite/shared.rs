@@ -50,18 +50,7 @@ fn c33_twenty_concurrent_uses_start_one_server_with_twenty_leases() {
     let children: Vec<_> = (0..20)
         .map(|i| world.ds(&["use", "--agent", &format!("u{i}")]).start())
         .collect();
-    let urls: std::collections::HashSet<String> = children
-        .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().expect("wait");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
-        .collect();
+    let urls: std::collections::HashSet<String> = outputs_of(children).into_iter().collect();
 
     assert_eq!(urls.len(), 1, "one URL for all: {urls:?}");
     assert_eq!(servers(&world), 1, "exactly one server process");
