@@ -359,9 +359,12 @@ impl Registry {
         let aside = self
             .dir
             .join(format!("registry.json.corrupt-{}", unix_secs()));
-        fs_err::rename(&path, &aside).context("cannot move the corrupt registry aside")?;
+        // Copied, not renamed: `registry.json` must never be missing, even
+        // for a moment, or a reader would take the registry for empty. The
+        // caller then replaces it atomically with the restored version.
+        write_synced(&aside, &bytes).context("cannot keep the corrupt registry aside")?;
         crate::output::warn(&format!(
-            "registry `{}` was corrupt ({detail}); moved it to `{}` and restored the previous version ({} instances)",
+            "registry `{}` was corrupt ({detail}); kept it as `{}` and restored the previous version ({} instances)",
             path.display(),
             aside.display(),
             restored.instances.len()

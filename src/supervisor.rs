@@ -349,11 +349,13 @@ impl IdleWatch {
 /// removed, or replaced by a newer start. A registry that cannot be read
 /// proves nothing, so it never stops a server.
 fn is_unregistered(spec: &LaunchSpec, registry: &Registry) -> bool {
-    registry.load().is_ok_and(|snapshot| {
-        snapshot
-            .find(&spec.project, &spec.agent)
-            .is_none_or(|e| e.token != spec.token)
-    })
+    // No file at all proves nothing either (a state directory being moved).
+    registry.file().exists()
+        && registry.load().is_ok_and(|snapshot| {
+            snapshot
+                .find(&spec.project, &spec.agent)
+                .is_none_or(|e| e.token != spec.token)
+        })
 }
 
 /// Why an isolated instance's lease no longer counts.
