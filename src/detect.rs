@@ -141,8 +141,8 @@ fn detect_js(dir: &Path) -> Option<Detected> {
     Some(Detected {
         framework: framework.name,
         evidence: format!(
-            "`{}` in package.json, {} from its lock file",
-            framework.dependency, manager.name
+            "`{}` in package.json, {}",
+            framework.dependency, manager.source
         ),
         command: format!("{} {}", manager.run(script), framework.args),
         port_hint: framework.port_hint,
@@ -153,6 +153,8 @@ fn detect_js(dir: &Path) -> Option<Detected> {
 
 struct Manager {
     name: &'static str,
+    /// Why this manager, for messages.
+    source: String,
 }
 
 impl Manager {
@@ -173,11 +175,20 @@ fn package_manager(dir: &Path) -> Manager {
         ("bun.lockb", "bun"),
         ("bun.lock", "bun"),
     ];
-    let name = locks
-        .iter()
-        .find(|(file, _)| dir.join(file).exists())
-        .map_or("npm", |(_, name)| name);
-    Manager { name }
+    match locks.iter().find(|(file, _)| dir.join(file).exists()) {
+        Some((file, name)) => Manager {
+            name,
+            source: format!("{name} from `{file}`"),
+        },
+        None if dir.join("package-lock.json").exists() => Manager {
+            name: "npm",
+            source: "npm from `package-lock.json`".into(),
+        },
+        None => Manager {
+            name: "npm",
+            source: "npm (no lock file)".into(),
+        },
+    }
 }
 
 fn detect_django(dir: &Path) -> Option<Detected> {

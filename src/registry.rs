@@ -300,6 +300,27 @@ impl Registry {
         }
     }
 
+    /// Removes the temporary files of writers that were killed mid-write
+    /// (`registry.json.tmp-<pid>`, `registry.json.bak-<pid>` of a dead pid).
+    /// Returns how many it removed.
+    pub fn remove_stale_temp_files(&self) -> usize {
+        let Ok(entries) = fs_err::read_dir(&self.dir) else {
+            return 0;
+        };
+        let stale = |name: &str| {
+            let pid = name
+                .strip_prefix("registry.json.tmp-")
+                .or_else(|| name.strip_prefix("registry.json.bak-"))
+                .and_then(|pid| pid.parse::<u32>().ok());
+            pid.is_some_and(|pid| crate::process::stat(pid).is_none())
+        };
+        entries
+            .flatten()
+            .filter(|e| stale(&e.file_name().to_string_lossy()))
+            .filter(|e| fs_err::remove_file(e.path()).is_ok())
+            .count()
+    }
+
     /// Reads the registry for a command that is about to change it: under
     /// the lock, so a corrupt file is set aside and the previous version
     /// restored (see [`Registry::update`]) instead of failing.
@@ -356,9 +377,11 @@ impl Registry {
             }
         };
 
-        let aside = self
-            .dir
-            .join(format!("registry.json.corrupt-{}", unix_secs()));
+        let aside = self.dir.join(format!(
+            "registry.json.corrupt-{}-{}",
+            unix_secs(),
+            std::process::id()
+        ));
         // Copied, not renamed: `registry.json` must never be missing, even
         // for a moment, or a reader would take the registry for empty. The
         // caller then replaces it atomically with the restored version.
@@ -453,7 +476,7 @@ fn ensure_trusted_file(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     } else if meta.permissions().mode() & 0o022 != 0 {
         format!(
             "it is writable by others (mode {:o})",
-            meta.permissions().mode() & 0o777
+            meta.permissions().mode() & 0o7777
         )
     } else {
         return Ok(());
@@ -552,7 +575,7 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     if meta.permissions().mode() & 0o022 != 0 {
         return refuse(format!(
             "it is writable by others (mode {:o})",
-            meta.permissions().mode() & 0o777
+            meta.permissions().mode() & 0o7777
         ));
     }
     if meta.permissions().mode() & 0o077 != 0 {

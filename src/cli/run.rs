@@ -10,6 +10,7 @@ use super::spawn::Started;
 use super::{AgentArg, Context};
 use crate::error::{ChildExit, Code, Failure};
 use crate::lifecycle::{self, shared};
+use crate::process::{self, ProcRef, TreeSpec};
 use crate::{output, signals};
 
 /// Run CMD against the agent's own dev server, then stop it.
@@ -58,10 +59,18 @@ impl Args {
 
     /// Runs CMD to its end, passing on SIGINT, SIGTERM and SIGHUP.
     fn supervise(&self, started: &Started, set: &libc::sigset_t) -> Result<u8> {
-        let mut child = self.start_command(started)?;
+        let token = format!("{}-{}", std::process::id(), started.entry.token);
+        let mut child = self.start_command(started, &token)?;
+        let tree = TreeSpec {
+            root: ProcRef::of(child.id()),
+            marker: Some(format!("{RUN_MARKER}={token}")),
+            ..TreeSpec::default()
+        };
         let mut stopping: Option<Instant> = None;
         loop {
             if let Some(status) = child.try_wait().context("cannot wait for the command")? {
+                // Whatever the command left running goes too.
+                let _ = process::stop_tree(&tree, started.grace);
                 return Ok(exit_code(status));
             }
             let signal = signals::wait(set, Duration::from_millis(100));
@@ -69,17 +78,20 @@ impl Args {
                 output::status(&format!(
                     "devserver run: passing signal {sig} on to the command"
                 ));
-                forward(&child, sig);
+                forward(&child, &tree, sig);
                 stopping.get_or_insert_with(Instant::now);
             }
             // A command that ignores the signal gets the grace period, then SIGKILL.
             if stopping.is_some_and(|at| at.elapsed() > started.grace) {
                 let _ = child.kill();
+                let _ = process::stop_tree(&tree, Duration::ZERO);
             }
         }
     }
 
-    fn start_command(&self, started: &Started) -> Result<Child> {
+    /// Starts CMD with [`RUN_MARKER`] set to `token`, so every process it
+    /// starts can be found and stopped, even once orphaned.
+    fn start_command(&self, started: &Started, token: &str) -> Result<Child> {
         let entry = &started.entry;
         let (program, args) = self.command.split_first().context("no command given")?;
         let mut command = Command::new(program);
@@ -96,6 +108,7 @@ impl Args {
             .env("DEVSERVER_URL", &entry.url)
             .env("DEVSERVER_PORT", entry.port.to_string())
             .env("DEVSERVER_AGENT", &self.agent.agent)
+            .env(RUN_MARKER, token)
             .spawn()
             .map_err(|err| {
                 Failure::new(Code::Error, format!("cannot run `{program}`: {err}"))
@@ -127,11 +140,20 @@ impl Args {
     }
 }
 
-fn forward(child: &Child, sig: i32) {
+/// The environment variable that marks every process of one `run`'s command.
+const RUN_MARKER: &str = "DEVSERVER_RUN";
+
+/// Passes `sig` to the command and everything it started, as a terminal
+/// would to its foreground group: a shell waiting for a child ignores
+/// SIGINT itself, so the child must get it too.
+fn forward(child: &Child, tree: &TreeSpec, sig: i32) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill has no memory-safety preconditions; the child is ours
         // and not yet reaped, so its pid cannot have been reused.
         unsafe { libc::kill(pid, sig) };
+    }
+    for member in process::find_tree(tree) {
+        let _ = member.signal(sig);
     }
 }
 

@@ -6,7 +6,7 @@ use super::Context;
 use crate::error::{Code, Failure};
 use crate::git::Project;
 use crate::lifecycle;
-use crate::lifecycle::shared;
+use crate::lifecycle::{shared, View};
 use crate::output;
 use crate::registry::{Registry, SHARED_AGENT};
 
@@ -45,6 +45,10 @@ pub struct Args {
     #[arg(long)]
     remove: bool,
 
+    /// Print the stopped instances as a JSON array.
+    #[arg(long)]
+    json: bool,
+
     /// With `--remove`: remove even when that discards work. With
     /// `--shared`: stop even while other users hold leases.
     #[arg(long)]
@@ -77,14 +81,16 @@ impl Args {
         };
 
         let mut first_error = None;
+        let mut stopped = Vec::new();
         for agent in agents {
-            if let Err(err) = self.stop_one(&registry, &project, &agent) {
-                if first_error.is_some() {
-                    output::error(&format!("{err:#}"), None);
-                } else {
-                    first_error = Some(err);
-                }
+            match self.stop_one(&registry, &project, &agent) {
+                Ok(view) => stopped.extend(view),
+                Err(err) if first_error.is_some() => output::error(&format!("{err:#}"), None),
+                Err(err) => first_error = Some(err),
             }
+        }
+        if self.json {
+            output::json(&stopped)?;
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -110,9 +116,15 @@ impl Args {
         Ok(())
     }
 
-    fn stop_one(&self, registry: &Registry, project: &Project, agent: &str) -> Result<()> {
+    /// Stops one instance; its view afterwards, unless it was removed.
+    fn stop_one(
+        &self,
+        registry: &Registry,
+        project: &Project,
+        agent: &str,
+    ) -> Result<Option<View>> {
         if agent == SHARED_AGENT {
-            return self.stop_shared(registry, project);
+            return self.stop_shared(registry, project).map(|()| None);
         }
         let by = format!("`devserver stop` (pid {})", std::process::id());
         let report = lifecycle::stop(registry, project, agent, &by)?;
@@ -136,7 +148,7 @@ impl Args {
                 output::status(&format!("removed the instance of agent `{agent}`"));
             }
         }
-        Ok(())
+        Ok((!self.remove).then(|| View::of(&report.entry)))
     }
 }
 

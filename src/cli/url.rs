@@ -18,6 +18,10 @@ use crate::registry::{Entry, Registry, State, SHARED_AGENT};
 pub struct Args {
     #[command(flatten)]
     agent: MaybeAgentArg,
+
+    /// Print the instance as one JSON object (the `status --json` object).
+    #[arg(long)]
+    json: bool,
 }
 
 impl Args {
@@ -30,7 +34,7 @@ impl Args {
         let agent = self.agent.require()?;
         let entry = context.agent_entry(&registry, &project, agent)?;
         match entry.as_ref().filter(|e| is_running(e)) {
-            Some(entry) => Ok(output::data(&entry.url)?),
+            Some(entry) => self.print(entry),
             None if entry.is_none() => Err(super::no_instance(agent, &project)),
             None => Err(Failure::new(
                 Code::NoInstance,
@@ -60,9 +64,18 @@ impl Args {
         let snapshot = registry.load()?;
         let entry = snapshot.find(&project.id, SHARED_AGENT);
         match entry.filter(|e| is_running(e)) {
-            Some(entry) => Ok(output::data(&entry.url)?),
+            Some(entry) => self.print(entry),
             None => Err(not_running(project, entry)),
         }
+    }
+}
+
+impl Args {
+    fn print(&self, entry: &Entry) -> Result<()> {
+        if self.json {
+            return output::json(&crate::lifecycle::View::of(entry));
+        }
+        Ok(output::data(&entry.url)?)
     }
 }
 

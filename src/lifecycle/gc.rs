@@ -60,6 +60,16 @@ pub fn gc(registry: &Registry, scope: Option<&Project>, dry_run: bool) -> Result
         findings.extend(collect_entry(registry, entry, dry_run)?);
     }
     findings.extend(collect_orphans(registry, dry_run)?);
+    if !dry_run {
+        let removed = registry.remove_stale_temp_files();
+        if removed > 0 {
+            findings.push(orphan(
+                &format!("{removed} temporary registry files of killed writers"),
+                "removed them",
+                true,
+            ));
+        }
+    }
     Ok(findings)
 }
 

@@ -117,8 +117,17 @@ fn in_use(users: &[Lease]) -> anyhow::Error {
     Failure::new(
         Code::InUse,
         format!(
-            "refusing to stop the shared server: {} other users still hold leases:\n{}",
-            users.len(),
+            "refusing to stop the shared server: {} still {}:\n{}",
+            if users.len() == 1 {
+                "1 other user".to_string()
+            } else {
+                format!("{} other users", users.len())
+            },
+            if users.len() == 1 {
+                "holds a lease"
+            } else {
+                "hold leases"
+            },
             lines.join("\n")
         ),
     )

@@ -282,3 +282,16 @@ fn c15_gc_never_signals_a_process_that_reused_a_recorded_pid() {
     bystander.kill().expect("kill");
     bystander.wait().expect("reap");
 }
+
+#[test]
+fn gc_removes_temporary_files_of_killed_writers() {
+    let world = World::new();
+    world.spawn("a");
+    let mut dead = std::process::Command::new("true").spawn().expect("true");
+    dead.wait().expect("reaped");
+    let stale = world.home.join(format!("registry.json.tmp-{}", dead.id()));
+    fs_err::write(&stale, b"{\"half\":").expect("write");
+    world.ds(&["gc"]).ok();
+    assert!(!stale.exists());
+    assert_eq!(world.list().len(), 1);
+}

@@ -223,3 +223,67 @@ fn quiet_prints_only_the_data() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert!(out.stdout.trim().starts_with("http://"));
 }
+
+#[rstest::rstest]
+#[case::sigterm(libc::SIGTERM, 143)]
+#[case::sigint(libc::SIGINT, 130)]
+fn a_signal_to_run_reaches_the_commands_children_too(#[case] sig: i32, #[case] expected: i32) {
+    let world = World::new();
+    let run = world
+        .ds(&[
+            "run",
+            "--agent",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "sleep 31; echo after",
+        ])
+        .start();
+    let sleeping = || {
+        processes_under(&world.worktree("ci")).iter().any(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), sleeping));
+    // SAFETY: plain kill of a process this test started.
+    unsafe { libc::kill(run.id() as i32, sig) };
+    let out = run.wait_with_output().expect("run ends");
+    assert_eq!(
+        out.status.code(),
+        Some(expected),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("after"));
+    assert_no_processes_under(world.tmp.path());
+}
+
+#[test]
+fn run_stops_what_the_command_left_running() {
+    let world = World::new();
+    world
+        .ds(&[
+            "run",
+            "--agent",
+            "ci",
+            "--",
+            "sh",
+            "-c",
+            "setsid sleep 33 & exit 0",
+        ])
+        .ok();
+    assert_no_processes_under(world.tmp.path());
+}
+
+#[test]
+fn url_and_stop_print_json_too() {
+    let world = World::new();
+    let url = world.spawn("a");
+    let out = world.ds(&["url", "--agent", "a", "--json"]).ok();
+    let view: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(view["url"], url.as_str());
+    let out = world.ds(&["stop", "--agent", "a", "--json"]).ok();
+    let stopped: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(stopped[0]["state"], "stopped");
+}
