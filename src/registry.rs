@@ -19,8 +19,9 @@
 //!   to `registry.json.bak`, so the previous version is always kept. Readers
 //!   need no lock: they see the old file or the new one, never a mix.
 //! - A file that does not parse is never read as empty. Read-only commands
-//!   fail naming it and its backup; [`Registry::update`] moves it aside to
-//!   `registry.json.corrupt-<time>` and continues from the backup.
+//!   fail naming it and its backup; [`Registry::update`] keeps a copy as
+//!   `registry.json.corrupt-<time>-<pid>` and atomically replaces it with the
+//!   backup, so `registry.json` is never missing, even for a moment.
 //!
 //! Not here: deciding whether recorded processes are alive (`lifecycle`).
 
@@ -322,7 +323,7 @@ impl Registry {
     }
 
     /// Reads the registry for a command that is about to change it: under
-    /// the lock, so a corrupt file is set aside and the previous version
+    /// the lock, so a corrupt file is kept aside and the previous version
     /// restored (see [`Registry::update`]) instead of failing.
     pub fn load_for_write(&self) -> Result<Snapshot> {
         self.update(|snapshot| Ok(snapshot.clone()))
