@@ -34,6 +34,24 @@ pub fn server(options: &str) -> String {
     format!("{} {}/server.py {options}", python(), fixtures().display())
 }
 
+/// The command that runs a shell fixture (`chain.sh`, `escape.sh`) with
+/// extra arguments for the test server.
+pub fn fixture(name: &str) -> String {
+    format!(
+        "FIXTURES={0} PYTHON={1} sh {0}/{name}",
+        fixtures().display(),
+        python()
+    )
+}
+
+/// The port of a URL such as `http://127.0.0.1:5201/` or `http://[::1]:5201`.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("url {url:?} has a port"))
+}
+
 /// One test's world: a git repository and a private state directory.
 pub struct World {
     pub tmp: tempfile::TempDir,
@@ -87,6 +105,31 @@ impl World {
     /// Runs git in the repository; panics on failure.
     pub fn git(&self, args: &[&str]) -> String {
         git_in(&self.repo, args)
+    }
+
+    /// Replaces the repository's content with the real Vite fixture app,
+    /// committed, with the fixture's installed `node_modules` linked in
+    /// (untracked, as in a user's checkout).
+    pub fn use_vite_app(&self) {
+        let app = fixtures().join("vite-app");
+        assert!(
+            app.join("node_modules/.bin/vite").exists(),
+            "run `npm ci --prefix tests/fixtures/vite-app` first (`.ci/run` does)"
+        );
+        self.git(&["rm", "-q", "--ignore-unmatch", "index.html"]);
+        for name in [
+            "index.html",
+            "main.js",
+            "package.json",
+            "package-lock.json",
+            "vite.config.js",
+        ] {
+            fs_err::copy(app.join(name), self.repo.join(name)).expect("copy the Vite fixture");
+        }
+        self.write(".gitignore", "node_modules/\n");
+        self.commit("vite app");
+        std::os::unix::fs::symlink(app.join("node_modules"), self.repo.join("node_modules"))
+            .expect("link node_modules");
     }
 
     /// The default worktree path of an agent.

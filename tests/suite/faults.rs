@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    assert_no_processes_under, fixtures, get, kill_processes_under, port_answers, processes_under,
-    python, server, wait_until, World, BIN,
+    assert_no_processes_under, fixture, get, kill_processes_under, port_answers, port_of,
+    processes_under, python, server, wait_until, World, BIN,
 };
 
 // ---------------------------------------------------------------------------
@@ -48,22 +48,7 @@ impl Rng {
     }
 }
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .unwrap_or_else(|| panic!("url {url:?} has a port"))
-}
-
 /// A fixture script run with `sh`, as in `trees.rs`.
-fn fixture(name: &str) -> String {
-    format!(
-        "FIXTURES={0} PYTHON={1} sh {0}/{name}",
-        fixtures().display(),
-        python()
-    )
-}
-
 /// The config of a fast test server with `extra` keys appended.
 fn fast_config(extra: &str) -> String {
     format!(

@@ -5,21 +5,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
-fn fixture(name: &str) -> String {
-    format!(
-        "FIXTURES={0} PYTHON={1} sh {0}/{name}",
-        fixtures().display(),
-        python()
-    )
-}
-
 fn entry_pid(world: &World, agent: &str, field: &str) -> i32 {
     let registry = world.registry();
     let entry = registry["instances"]

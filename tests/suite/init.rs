@@ -122,26 +122,9 @@ fn a_server_that_ignores_its_port_fails_naming_the_port_it_bound() {
 
 #[test]
 fn spawn_works_in_a_vite_app_with_no_config_at_all() {
-    let app = fixtures().join("vite-app");
-    assert!(
-        app.join("node_modules/.bin/vite").exists(),
-        "run `npm ci --prefix tests/fixtures/vite-app`"
-    );
     let world = World::new();
-    world.git(&["rm", "-q", "devserver.yaml", "index.html"]);
-    for name in [
-        "index.html",
-        "main.js",
-        "package.json",
-        "package-lock.json",
-        "vite.config.js",
-    ] {
-        fs_err::copy(app.join(name), world.repo.join(name)).expect("copy");
-    }
-    world.write(".gitignore", "node_modules/\n");
-    world.commit("vite app");
-    std::os::unix::fs::symlink(app.join("node_modules"), world.repo.join("node_modules"))
-        .expect("link");
+    world.git(&["rm", "-q", "devserver.yaml"]);
+    world.use_vite_app();
 
     let out = world
         .ds(&["spawn", "--agent", "a"])

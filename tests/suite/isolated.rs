@@ -4,13 +4,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_matches('/').parse().ok())
-        .expect("url has a port")
-}
-
 #[test]
 fn eight_concurrent_spawns_get_distinct_ports_and_healthy_servers() {
     let world = World::new();

@@ -37,13 +37,6 @@ fn servers(world: &World) -> usize {
         .count()
 }
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 #[test]
 fn c33_twenty_concurrent_uses_start_one_server_with_twenty_leases() {
     let world = shared_world("");

@@ -4,21 +4,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("url has a port")
-}
-
-fn fixture(name: &str) -> String {
-    format!(
-        "FIXTURES={0} PYTHON={1} sh {0}/{name}",
-        fixtures().display(),
-        python()
-    )
-}
-
 #[test]
 fn c13_stop_kills_a_descendant_that_left_the_session() {
     let world = World::with_config(&format!("command: {}\n", fixture("escape.sh")));

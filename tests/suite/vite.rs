@@ -1,44 +1,15 @@
 //! End to end on a real framework dev server: Vite through `npm run dev`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::*;
 
-/// The fixture app with its installed `node_modules` (from `.ci/run`).
-fn vite_app() -> std::path::PathBuf {
-    fixtures().join("vite-app")
-}
-
-fn copy_app(to: &Path) {
-    for name in [
-        "index.html",
-        "main.js",
-        "package.json",
-        "package-lock.json",
-        "vite.config.js",
-    ] {
-        fs_err::copy(vite_app().join(name), to.join(name)).expect("copy fixture");
-    }
-}
-
 #[test]
 fn c09_npm_run_dev_is_spawned_served_and_stopped_with_no_node_left() {
-    assert!(
-        vite_app().join("node_modules/.bin/vite").exists(),
-        "run `npm ci --prefix tests/fixtures/vite-app` first (`.ci/run` does)"
-    );
     let world = World::with_config(
         "command: npm run dev -- --port {port} --strictPort --host 127.0.0.1\nsetup:\n  link: [node_modules]\nhealth:\n  timeout: 40s\n",
     );
-    copy_app(&world.repo);
-    world.write(".gitignore", "node_modules/\n");
-    world.commit("vite app");
-    std::os::unix::fs::symlink(
-        vite_app().join("node_modules"),
-        world.repo.join("node_modules"),
-    )
-    .expect("link");
+    world.use_vite_app();
 
     let a = world.spawn("a");
     let b = world.spawn("b");
